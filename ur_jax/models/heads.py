@@ -1,0 +1,87 @@
+"""Classification heads and the multi-head classifier used for teachers and students.
+
+A teacher is a :class:`MultiHeadClassifier` with one head; a universal student (or the
+multi-domain baseline) is one with a head per domain. Both share the parameter layout::
+
+    {'params': {'backbone': {...}, 'heads': {<domain>: {'kernel', 'bias'}}},
+     'batch_stats': {'backbone': {...}}}
+
+so a teacher's ``backbone`` subtree initialises a student's, and teachers of one
+architecture can be stacked subtree by subtree (:mod:`ur_jax.teachers`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+Array = Any
+
+
+class Heads(nn.Module):
+    """One linear classifier per domain: ``logits[d] = features[d] @ W_d + b_d``.
+
+    Attributes:
+      num_classes: ``((domain, classes), ...)`` in a fixed order.
+    """
+
+    num_classes: Sequence[tuple[str, int]]
+
+    @nn.compact
+    def __call__(self, features: Mapping[str, Array]) -> dict[str, Array]:
+        sizes = dict(self.num_classes)
+        unknown = sorted(set(features) - set(sizes))
+        if unknown:
+            raise KeyError(f"No head for domain(s) {unknown}; heads exist for {sorted(sizes)}.")
+        return {d: nn.Dense(sizes[d], name=d)(f) for d, f in features.items()}
+
+
+class MultiHeadClassifier(nn.Module):
+    """A shared backbone with one classification head per domain.
+
+    ``__call__(images, train)`` takes a dict ``{domain: (N_d, H, W, C) images}``,
+    concatenates the domains (in the order given by ``num_classes``) and runs the
+    backbone **once** on the whole batch (BatchNorm statistics are shared across
+    domains, as in the paper), then gives each domain's head only its own slice.
+
+    Returns ``(features, logits)``: ``features[d]`` is the backbone's dict of named
+    features restricted to domain ``d``'s rows, ``logits[d]`` is ``(N_d, classes_d)``
+    (float32). Any subset of the domains may be passed.
+
+    Attributes:
+      backbone: a module mapping images to a dict of named features.
+      num_classes: ``((domain, classes), ...)``.
+      feature: the backbone feature the heads read (``'pooled'``).
+    """
+
+    backbone: nn.Module
+    num_classes: Sequence[tuple[str, int]]
+    feature: str = "pooled"
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        return tuple(d for d, _ in self.num_classes)
+
+    @nn.compact
+    def __call__(self, images: Mapping[str, Array], train: bool = False):
+        if not isinstance(images, Mapping):
+            raise TypeError("MultiHeadClassifier expects a dict {domain: images}; found "
+                            f"{type(images).__name__}. Wrap a single batch as {{'domain': x}}.")
+        order = [d for d in self.domains if d in images]
+        unknown = sorted(set(images) - set(order))
+        if unknown:
+            raise KeyError(f"Unknown domain(s) {unknown}; this model has {list(self.domains)}.")
+        sizes = [images[d].shape[0] for d in order]
+        x = jnp.concatenate([images[d] for d in order], axis=0) if len(order) > 1 else images[order[0]]
+        feats = self.backbone(x, train=train)
+        per_domain: dict[str, dict[str, Array]] = {d: {} for d in order}
+        start = 0
+        for d, n in zip(order, sizes):
+            for name, f in feats.items():
+                per_domain[d][name] = f[start:start + n]
+            start += n
+        logits = Heads(self.num_classes, name="heads")(
+            {d: per_domain[d][self.feature] for d in order})
+        return per_domain, {d: l.astype(jnp.float32) for d, l in logits.items()}

@@ -1,0 +1,147 @@
+"""Frozen teachers: grouped by architecture, stacked, and run in one ``jax.vmap`` call.
+
+A teacher is a single-domain :class:`~ur_jax.models.MultiHeadClassifier` (one head)
+with its trained variables. :func:`stack_teachers` turns ``{domain: (model,
+variables)}`` into
+
+* a :class:`TeacherBank`: the static description (which domains share an
+  architecture and a batch shape and therefore run together), and
+* the teachers' variables as one pytree, with the backbones of each group stacked on a
+  leading axis::
+
+      {'backbones': {'group_0': {'params': ..., 'batch_stats': ...}},  # leaves (K, ...)
+       'heads': {domain: {'kernel', 'bias'}}}
+
+The variables are plain arrays passed to the jitted steps as an argument: never
+differentiated, never given to an optimizer, never written into a student's
+checkpoint. Heads stay separate because their class counts differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ur_jax.models import MultiHeadClassifier
+
+Array = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherGroup:
+    """Teachers that share ``backbone``; ``stacked`` (more than one) ones run as one ``vmap``."""
+
+    name: str
+    backbone: nn.Module
+    domains: tuple[str, ...]
+    stacked: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherBank:
+    """Static description of a set of frozen teachers (see :func:`stack_teachers`)."""
+
+    groups: tuple[TeacherGroup, ...]
+    num_classes: tuple[tuple[str, int], ...]
+    feature: str = "pooled"
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        return tuple(d for d, _ in self.num_classes)
+
+    def apply(self, variables: Mapping[str, Any], images: Mapping[str, Array]):
+        """Runs every teacher on its own domain's images (inference mode, no gradient).
+
+        Returns ``(features, logits)``: ``features[d]`` the teacher's dict of named
+        features, ``logits[d]`` its float32 logits, for each domain in ``images``.
+        """
+        variables = jax.lax.stop_gradient(variables)
+        missing = sorted(set(images) - set(self.domains))
+        if missing:
+            raise KeyError(f"No teacher for domain(s) {missing}; teachers: {list(self.domains)}.")
+        features: dict[str, dict[str, Array]] = {}
+        for group in self.groups:
+            domains = [d for d in group.domains if d in images]
+            if not domains:
+                continue
+            gvars = variables["backbones"][group.name]
+
+            def run(v, x, backbone=group.backbone):
+                return backbone.apply(v, x, train=False)
+
+            if group.stacked and len(domains) == len(group.domains):
+                out = jax.vmap(run)(gvars, jnp.stack([images[d] for d in domains]))
+                for i, d in enumerate(domains):
+                    features[d] = jax.tree.map(lambda a, i=i: a[i], out)
+            else:
+                for d in domains:  # a group of one, or a subset of a stacked group
+                    i = group.domains.index(d)
+                    v = jax.tree.map(lambda a, i=i: a[i], gvars) if group.stacked else gvars
+                    features[d] = run(v, images[d])
+        sizes = dict(self.num_classes)
+        heads = {d: sizes[d] for d in images}
+        logits = {d: nn.Dense(heads[d]).apply({"params": variables["heads"][d]},
+                                               features[d][self.feature]).astype(jnp.float32)
+                  for d in images}
+        return features, logits
+
+
+def _signature(variables: Any) -> tuple:
+    leaves, treedef = jax.tree_util.tree_flatten(variables)
+    return treedef, tuple((np.shape(x), jnp.result_type(x)) for x in leaves)
+
+
+def stack_teachers(teachers: Mapping[str, tuple[MultiHeadClassifier, Mapping[str, Any]]],
+                   image_shapes: Mapping[str, Sequence[int]] | None = None,
+                   stack: bool = True) -> tuple[TeacherBank, dict]:
+    """Groups teachers by architecture (and per-domain image-batch shape) and stacks them.
+
+    Args:
+      teachers: ``{domain: (model, variables)}``; each model a one-head
+        :class:`MultiHeadClassifier` whose head is named ``domain``; ``variables``
+        hold ``'params'`` and (for BatchNorm models) ``'batch_stats'``.
+      image_shapes: ``{domain: batch image shape}``. Teachers whose batches differ in
+        shape cannot share a ``vmap`` and go to separate groups. ``None``: all equal.
+      stack: ``False`` runs every teacher on its own (for benchmarks and debugging).
+
+    Returns:
+      ``(bank, variables)``: see the module docstring.
+    """
+    if not teachers:
+        raise ValueError("stack_teachers needs at least one teacher.")
+    num_classes = []
+    heads = {}
+    keyed: dict[Any, list[str]] = {}
+    for domain, (model, variables) in teachers.items():
+        if not isinstance(model, MultiHeadClassifier) or model.domains != (domain,):
+            raise ValueError(f"Teacher {domain!r} must be a MultiHeadClassifier with the single "
+                             f"head {domain!r}; found {type(model).__name__} with heads "
+                             f"{getattr(model, 'domains', None)}.")
+        if "params" not in variables:
+            raise ValueError(f"Teacher {domain!r}: variables need a 'params' collection; found "
+                             f"{sorted(variables)}.")
+        num_classes.append((domain, dict(model.num_classes)[domain]))
+        heads[domain] = variables["params"]["heads"][domain]
+        backbone_vars = {c: v["backbone"] for c, v in variables.items() if "backbone" in v}
+        shape = tuple(image_shapes[domain]) if image_shapes is not None else None
+        key = (model.backbone, model.feature, shape, _signature(backbone_vars)) if stack else domain
+        keyed.setdefault(key, []).append(domain)
+    features = {teachers[d][0].feature for d in teachers}
+    if len(features) != 1:
+        raise ValueError(f"All teachers must expose the same feature; found {sorted(features)}.")
+    groups, backbones = [], {}
+    for i, domains in enumerate(keyed.values()):
+        name = f"group_{i}"
+        per_domain = [{c: v["backbone"] for c, v in teachers[d][1].items() if "backbone" in v}
+                      for d in domains]
+        stacked = len(domains) > 1
+        backbones[name] = (jax.tree.map(lambda *xs: jnp.stack(xs), *per_domain) if stacked
+                           else jax.tree.map(jnp.asarray, per_domain[0]))
+        groups.append(TeacherGroup(name, teachers[domains[0]][0].backbone, tuple(domains), stacked))
+    bank = TeacherBank(tuple(groups), tuple(num_classes), features.pop())
+    return bank, {"backbones": backbones, "heads": heads}
