@@ -156,15 +156,15 @@ class ResidualAdapter(nn.Module):
     ``(1, 1, C_in, C_out)``) or a channel-wise scale (``shape='vector'``, ``(C,)``;
     falls back to a matrix when ``C_in != C_out``, where no channel-wise map exists).
 
-    This is TSA's residual adapter (``init='eye'``: ``alpha = 1e-4 * I`` so the wrapped
+    This is TSA's residual adapter (``initializer='eye'``: ``alpha = 1e-4 * I`` so the wrapped
     backbone starts unchanged up to that scale) and Rebuffi et al.'s parallel adapter
-    (``init='random'``).
+    (``initializer='random'``).
 
     Attributes:
       in_features, out_features, strides: those of the wrapped conv.
       shape: ``'matrix'`` or ``'vector'``.
-      init: ``'eye'`` (``scale * I``), ``'random'`` (Kaiming normal) or ``'zeros'``.
-      scale: the identity's scale for ``init='eye'`` (TSA: 1e-4).
+      initializer: ``'eye'`` (``scale * I``), ``'random'`` (Kaiming normal) or ``'zeros'``.
+      scale: the identity's scale for ``initializer='eye'`` (TSA: 1e-4).
       collection: variable collection (``'adapters'``; ``'params'`` to train it as part
         of the model's own parameters).
     """
@@ -173,13 +173,13 @@ class ResidualAdapter(nn.Module):
     out_features: int
     strides: int = 1
     shape: str = "matrix"
-    init: str = "eye"
+    initializer: str = "eye"
     scale: float = 1e-4
     collection: str = ADAPTER_COLLECTION
 
     @nn.compact
     def __call__(self, x: Array, y: Array) -> Array:
-        init = _initializer(self.init, self.scale)
+        init = _initializer(self.initializer, self.scale)
         if self.shape not in ("matrix", "vector"):
             raise ValueError(f"Unknown adapter shape {self.shape!r}; expected 'matrix' or 'vector'.")
         if self.shape == "vector" and self.in_features == self.out_features:
@@ -198,27 +198,27 @@ class SerialAdapter(nn.Module):
 
     ``beta`` is a 1x1 convolution ``(1, 1, C, C)`` (``shape='matrix'``) or a
     channel-wise scale ``(C,)`` (``shape='vector'``); ``b`` a per-channel bias
-    initialised at zero. With ``init='eye'`` (``scale=1``) it is the identity at
+    initialised at zero. With ``initializer='eye'`` (``scale=1``) it is the identity at
     initialisation, which makes it Rebuffi et al.'s series adapter ``y + A y``.
 
     Attributes:
       in_features, out_features, strides: those of the wrapped conv (only
         ``out_features`` is used).
-      shape, init, collection: as in :class:`ResidualAdapter`; ``scale`` defaults to 1.
+      shape, initializer, collection: as in :class:`ResidualAdapter`; ``scale`` defaults to 1.
     """
 
     in_features: int
     out_features: int
     strides: int = 1
     shape: str = "matrix"
-    init: str = "eye"
+    initializer: str = "eye"
     scale: float = 1.0
     collection: str = ADAPTER_COLLECTION
 
     @nn.compact
     def __call__(self, x: Array, y: Array) -> Array:
         del x
-        init = _initializer(self.init, self.scale)
+        init = _initializer(self.initializer, self.scale)
         c = self.out_features
         bias = self.variable(self.collection, "bias", lambda: jnp.zeros((c,), jnp.float32)).value
         if self.shape == "vector":
@@ -240,23 +240,23 @@ def tsa(mode: str = "residual", shape: str = "matrix", init: str = "eye",
     ``mode='serial'``: ``beta(y) + b`` with ``beta = I``, ``b = 0`` at ``init='eye'``.
     """
     if mode == "residual":
-        return functools.partial(ResidualAdapter, shape=shape, init=init, scale=1e-4,
+        return functools.partial(ResidualAdapter, shape=shape, initializer=init, scale=1e-4,
                                  collection=collection)
     if mode == "serial":
-        return functools.partial(SerialAdapter, shape=shape, init=init, scale=1.0,
+        return functools.partial(SerialAdapter, shape=shape, initializer=init, scale=1.0,
                                  collection=collection)
     raise ValueError(f"Unknown TSA mode {mode!r}; expected 'residual' or 'serial'.")
 
 
 def parallel_adapter(init: str = "random", collection: str = ADAPTER_COLLECTION):
     """A ``conv_adapter`` factory for Rebuffi et al.'s parallel residual adapters (1x1 matrix)."""
-    return functools.partial(ResidualAdapter, shape="matrix", init=init, scale=1.0,
+    return functools.partial(ResidualAdapter, shape="matrix", initializer=init, scale=1.0,
                              collection=collection)
 
 
 def series_adapter(collection: str = ADAPTER_COLLECTION):
     """A ``conv_adapter`` factory for Rebuffi et al.'s series adapters ``y + A y`` (A = 0 at init)."""
-    return functools.partial(SerialAdapter, shape="matrix", init="eye", scale=1.0,
+    return functools.partial(SerialAdapter, shape="matrix", initializer="eye", scale=1.0,
                              collection=collection)
 
 

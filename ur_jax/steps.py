@@ -20,8 +20,8 @@ with ``f_d`` the student's feature on domain ``d``'s images (the whole multi-dom
 batch goes through the shared backbone in one call), ``g_d`` teacher ``d``'s feature on
 the same images, ``adapter_d`` a small per-teacher :class:`~ur_jax.adapters.AlignmentAdapter`
 and ``w_d`` an optional annealing multiplier. Teachers are frozen variables passed as an
-argument and run stacked under ``vmap`` (:mod:`ur_jax.teachers`); the student and the
-adapters are updated by their own optimizers (one ``optax.multi_transform``).
+argument and run stacked, one call per architecture (:mod:`ur_jax.teachers`); the student
+and the adapters are updated by their own optimizers (one ``optax.multi_transform``).
 """
 
 from __future__ import annotations
@@ -238,18 +238,20 @@ def make_distill_step(student: MultiHeadClassifier, adapters: AlignmentAdapters,
 def init_distill_state(student: MultiHeadClassifier, adapters: AlignmentAdapters, rng: Array,
                        sample_images: Mapping[str, Array], student_tx: optax.GradientTransformation,
                        adapter_tx: optax.GradientTransformation,
-                       student_variables: Mapping[str, Any] | None = None) -> TrainState:
+                       student_variables: Mapping[str, Any] | None = None,
+                       feature: str = "pooled") -> TrainState:
     """A distillation state: student (fresh, or ``student_variables`` e.g. from a teacher),
     fresh adapters, and :func:`distill_tx` on top.
 
-    ``sample_images``: ``{domain: images}`` with the training shapes (values unused).
+    ``sample_images``: ``{domain: images}`` with the training shapes (values unused);
+    ``feature``: the student feature the adapters read (``DistillConfig.student_feature``).
     """
     r_student, r_adapter = jax.random.split(rng)
     if student_variables is None:
         student_variables = student.init(r_student, sample_images, train=False)
     feats, _ = jax.eval_shape(lambda v: student.apply(v, sample_images, train=False),
                               student_variables)
-    probe = {d: jnp.zeros(f["pooled"].shape[1:], jnp.float32)[None] for d, f in feats.items()}
+    probe = {d: jnp.zeros((1,) + f[feature].shape[1:], jnp.float32) for d, f in feats.items()}
     adapter_params = adapters.init(r_adapter, probe)["params"]
     params = {"student": student_variables["params"], "adapters": adapter_params}
     return TrainState.create(params, student_variables.get("batch_stats", {}),
@@ -272,7 +274,8 @@ def make_eval_step(model: MultiHeadClassifier) -> Callable[[Any, Any, Batch], Me
             labels = batch[d]["label"]
             mask = batch[d].get("mask", jnp.ones(labels.shape, jnp.float32)).astype(jnp.float32)
             logp = jax.nn.log_softmax(lg)
-            nll = -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), -1)[:, 0]
+            safe = jnp.clip(labels, 0, lg.shape[-1] - 1).astype(jnp.int32)  # padding may be -1
+            nll = -jnp.take_along_axis(logp, safe[:, None], -1)[:, 0]
             out[f"correct/{d}"] = jnp.sum((jnp.argmax(lg, -1) == labels) * mask)
             out[f"count/{d}"] = jnp.sum(mask)
             out[f"loss_sum/{d}"] = jnp.sum(nll * mask)

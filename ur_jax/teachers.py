@@ -1,11 +1,12 @@
-"""Frozen teachers: grouped by architecture, stacked, and run in one ``jax.vmap`` call.
+"""Frozen teachers: grouped by architecture, stacked, and run together in one call.
 
 A teacher is a single-domain :class:`~ur_jax.models.MultiHeadClassifier` (one head)
 with its trained variables. :func:`stack_teachers` turns ``{domain: (model,
 variables)}`` into
 
 * a :class:`TeacherBank`: the static description (which domains share an
-  architecture and a batch shape and therefore run together), and
+  architecture and a batch shape and therefore run together, as one ``vmap`` or one
+  ``lax.map`` over the stack; see :data:`GROUP_MODES`), and
 * the teachers' variables as one pytree, with the backbones of each group stacked on a
   leading axis::
 
@@ -32,14 +33,32 @@ from ur_jax.models import MultiHeadClassifier
 Array = Any
 
 
+#: How a stacked group runs: ``'vmap'`` (one batched call: every convolution becomes one
+#: grouped convolution over the teachers), ``'map'`` (``jax.lax.map``: one compiled teacher
+#: body looped over the stack; plain convolutions, lower peak memory) or ``'auto'``:
+#: ``'map'`` on CPU, where XLA's grouped convolutions are about 5x slower than the same
+#: work as plain ones (``benchmarks/README.md``), ``'vmap'`` on GPU and TPU.
+GROUP_MODES = ("auto", "vmap", "map")
+
+
+def resolve_mode(mode: str) -> str:
+    """The concrete execution of a stacked group for ``mode`` on the default backend."""
+    if mode not in GROUP_MODES:
+        raise ValueError(f"Unknown teacher group mode {mode!r}; expected one of {GROUP_MODES}.")
+    if mode == "auto":
+        return "map" if jax.default_backend() == "cpu" else "vmap"
+    return mode
+
+
 @dataclasses.dataclass(frozen=True)
 class TeacherGroup:
-    """Teachers that share ``backbone``; ``stacked`` (more than one) ones run as one ``vmap``."""
+    """Teachers that share ``backbone``; ``stacked`` (more than one) ones run together."""
 
     name: str
     backbone: nn.Module
     domains: tuple[str, ...]
     stacked: bool
+    mode: str = "vmap"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +94,11 @@ class TeacherBank:
                 return backbone.apply(v, x, train=False)
 
             if group.stacked and len(domains) == len(group.domains):
-                out = jax.vmap(run)(gvars, jnp.stack([images[d] for d in domains]))
+                stacked_images = jnp.stack([images[d] for d in domains])
+                if group.mode == "vmap":
+                    out = jax.vmap(run)(gvars, stacked_images)
+                else:
+                    out = jax.lax.map(lambda args, run=run: run(*args), (gvars, stacked_images))
                 for i, d in enumerate(domains):
                     features[d] = jax.tree.map(lambda a, i=i: a[i], out)
             else:
@@ -98,7 +121,7 @@ def _signature(variables: Any) -> tuple:
 
 def stack_teachers(teachers: Mapping[str, tuple[MultiHeadClassifier, Mapping[str, Any]]],
                    image_shapes: Mapping[str, Sequence[int]] | None = None,
-                   stack: bool = True) -> tuple[TeacherBank, dict]:
+                   stack: bool = True, mode: str = "auto") -> tuple[TeacherBank, dict]:
     """Groups teachers by architecture (and per-domain image-batch shape) and stacks them.
 
     Args:
@@ -108,12 +131,15 @@ def stack_teachers(teachers: Mapping[str, tuple[MultiHeadClassifier, Mapping[str
       image_shapes: ``{domain: batch image shape}``. Teachers whose batches differ in
         shape cannot share a ``vmap`` and go to separate groups. ``None``: all equal.
       stack: ``False`` runs every teacher on its own (for benchmarks and debugging).
+      mode: how stacked groups run, one of :data:`GROUP_MODES` (``'auto'``: ``'vmap'`` on
+        accelerators, ``'map'`` on CPU).
 
     Returns:
       ``(bank, variables)``: see the module docstring.
     """
     if not teachers:
         raise ValueError("stack_teachers needs at least one teacher.")
+    mode = resolve_mode(mode)
     num_classes = []
     heads = {}
     keyed: dict[Any, list[str]] = {}
@@ -142,6 +168,7 @@ def stack_teachers(teachers: Mapping[str, tuple[MultiHeadClassifier, Mapping[str
         stacked = len(domains) > 1
         backbones[name] = (jax.tree.map(lambda *xs: jnp.stack(xs), *per_domain) if stacked
                            else jax.tree.map(jnp.asarray, per_domain[0]))
-        groups.append(TeacherGroup(name, teachers[domains[0]][0].backbone, tuple(domains), stacked))
+        groups.append(TeacherGroup(name, teachers[domains[0]][0].backbone, tuple(domains), stacked,
+                                   mode))
     bank = TeacherBank(tuple(groups), tuple(num_classes), features.pop())
     return bank, {"backbones": backbones, "heads": heads}
