@@ -27,6 +27,7 @@ and the adapters are updated by their own optimizers (one ``optax.multi_transfor
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping
 
 import flax
@@ -248,11 +249,12 @@ def init_distill_state(student: MultiHeadClassifier, adapters: AlignmentAdapters
     """
     r_student, r_adapter = jax.random.split(rng)
     if student_variables is None:
-        student_variables = student.init(r_student, sample_images, train=False)
+        student_variables = jax.jit(functools.partial(student.init, train=False))(
+            r_student, sample_images)
     feats, _ = jax.eval_shape(lambda v: student.apply(v, sample_images, train=False),
                               student_variables)
     probe = {d: jnp.zeros((1,) + f[feature].shape[1:], jnp.float32) for d, f in feats.items()}
-    adapter_params = adapters.init(r_adapter, probe)["params"]
+    adapter_params = jax.jit(adapters.init)(r_adapter, probe)["params"]
     params = {"student": student_variables["params"], "adapters": adapter_params}
     return TrainState.create(params, student_variables.get("batch_stats", {}),
                              distill_tx(student_tx, adapter_tx))
