@@ -98,6 +98,26 @@ def test_multihead_runs_backbone_once_and_slices_per_domain():
     assert not np.allclose(mixed["b"], only_b["b"], atol=1e-4)
 
 
+def test_multihead_shard_major_layout_gives_the_same_result():
+    net = models.ResNet(stage_sizes=(1,), stage_widths=(4,), stem="metadataset")
+    model = models.MultiHeadClassifier(net, (("a", 3), ("b", 5)))
+    imgs = {"a": jax.random.normal(jax.random.key(1), (4, 8, 8, 3)),
+            "b": jax.random.normal(jax.random.key(2), (8, 8, 8, 3))}
+    variables = jax.jit(model.init)(jax.random.key(0), imgs)
+
+    @jax.jit
+    def run(v, x):
+        outs = [model.apply(v, x, train=True, num_shards=s, mutable=["batch_stats"])
+                for s in (1, 4)]
+        return outs
+
+    (one, stats1), (four, stats4) = run(variables, imgs)
+    for a, b in zip(jax.tree.leaves((one, stats1)), jax.tree.leaves((four, stats4))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="multiples of num_shards=3"):
+        model.apply(variables, imgs, num_shards=3)
+
+
 def test_multihead_errors_are_clear():
     net = models.ResNet(stage_sizes=(1,), stage_widths=(4,), stem="metadataset")
     model = models.MultiHeadClassifier(net, (("a", 3),))

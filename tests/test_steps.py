@@ -161,6 +161,17 @@ def test_one_and_eight_devices_agree(setup, run_on):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_eight_device_step_moves_no_images_between_devices(setup):
+    """Domains are joined shard by shard: the compiled step has reductions and small
+    gathers (BatchNorm statistics, gradients, the CKA kernels), never an all-to-all or a
+    permutation of the batch."""
+    mesh = sharding.make_mesh()
+    fn = steps.jit_step(setup["step"], mesh, with_teachers=True)
+    hlo = fn.lower(setup["state"], setup["tvars"], setup["batch"]).compile().as_text()
+    assert "all-reduce" in hlo
+    assert "all-to-all" not in hlo and "collective-permute" not in hlo
+
+
 def test_stacked_teachers_match_teachers_run_one_by_one(setup):
     images = {d: jnp.asarray(b["image"]) for d, b in setup["batch"].items()}
     bank, tvars = teachers_lib.stack_teachers(setup["teachers"], mode="vmap")

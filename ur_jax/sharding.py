@@ -15,6 +15,7 @@ more than one process).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -74,15 +75,37 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
 
 
+def data_shards() -> int:
+    """How many shards the batch axis has in the mesh context being traced (1 outside one).
+
+    Inside a step made by :func:`jit_data_parallel` this is the data mesh's size; models
+    use it to lay out multi-domain batches so that no example crosses devices.
+    """
+    return int(jax.sharding.get_abstract_mesh().shape.get(DATA_AXIS, 1))
+
+
 def jit_data_parallel(step: Callable[..., Any], mesh: Mesh, batch_argnums: Sequence[int],
                       num_args: int, donate_argnums: Sequence[int] = (0,)) -> Callable[..., Any]:
     """``jax.jit(step)`` over the data mesh.
 
     Arguments at ``batch_argnums`` are split along their batch axis; the other
     arguments and every output are replicated; ``donate_argnums`` (the state) are
-    donated so the update happens in place.
+    donated so the update happens in place. Calls run with ``mesh`` as the context mesh
+    (``jax.set_mesh``), which is what :func:`data_shards` reads while tracing.
     """
     in_shardings = tuple(data_sharded(mesh) if i in batch_argnums else replicated(mesh)
                          for i in range(num_args))
-    return jax.jit(step, in_shardings=in_shardings, out_shardings=replicated(mesh),
-                   donate_argnums=tuple(donate_argnums))
+    jitted = jax.jit(step, in_shardings=in_shardings, out_shardings=replicated(mesh),
+                     donate_argnums=tuple(donate_argnums))
+
+    @functools.wraps(step)
+    def call(*args):
+        with jax.set_mesh(mesh):
+            return jitted(*args)
+
+    def lower(*args):
+        with jax.set_mesh(mesh):
+            return jitted.lower(*args)
+
+    call.lower = lower  # for inspecting the compiled step (HLO, cost analysis)
+    return call

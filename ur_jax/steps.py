@@ -101,16 +101,17 @@ def _check_batch(batch: Batch, domains: tuple[str, ...]) -> None:
             raise KeyError(f"Batch for domain {d!r} needs 'image' and 'label'; found {sorted(b)}.")
 
 
-def _student_forward(model: MultiHeadClassifier, params, batch_stats, batch: Batch, train: bool):
+def _student_forward(model: MultiHeadClassifier, params, batch_stats, batch: Batch, train: bool,
+                     num_shards: int | None):
     variables = {"params": params}
     if batch_stats is not None and jax.tree.leaves(batch_stats):
         variables["batch_stats"] = batch_stats
     images = {d: b["image"] for d, b in batch.items()}
     if train and "batch_stats" in variables:
         (feats, logits), updates = model.apply(variables, images, train=True,
-                                               mutable=["batch_stats"])
+                                               num_shards=num_shards, mutable=["batch_stats"])
         return feats, logits, updates["batch_stats"]
-    feats, logits = model.apply(variables, images, train=train)
+    feats, logits = model.apply(variables, images, train=train, num_shards=num_shards)
     return feats, logits, batch_stats
 
 
@@ -126,11 +127,15 @@ def _task_terms(logits: Mapping[str, Array], batch: Batch) -> tuple[Array, Metri
     return total, metrics
 
 
-def make_train_step(model: MultiHeadClassifier) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+def make_train_step(model: MultiHeadClassifier, num_shards: int | None = None
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """``train_step(state, batch) -> (state, metrics)``: task losses only.
 
     With a one-head model this trains a single-domain teacher; with every head the
     multi-domain baseline (MDL). ``state.params`` are ``model``'s ``params``.
+    ``num_shards``: how the multi-domain batch is laid out over devices (see
+    :class:`~ur_jax.models.MultiHeadClassifier`); by default the data mesh's size under
+    :func:`jit_step`, which moves no image between devices.
     Metrics: ``loss``, ``task_loss/<d>``, ``accuracy/<d>`` (on the batch).
     """
 
@@ -138,7 +143,8 @@ def make_train_step(model: MultiHeadClassifier) -> Callable[[TrainState, Batch],
         _check_batch(batch, model.domains)
 
         def loss_fn(params):
-            _, logits, new_stats = _student_forward(model, params, state.batch_stats, batch, True)
+            _, logits, new_stats = _student_forward(model, params, state.batch_stats, batch, True,
+                                                    num_shards)
             loss, metrics = _task_terms(logits, batch)
             return loss, (metrics, new_stats)
 
@@ -181,7 +187,8 @@ class DistillConfig:
 
 
 def make_distill_step(student: MultiHeadClassifier, adapters: AlignmentAdapters,
-                      teachers: TeacherBank, config: DistillConfig):
+                      teachers: TeacherBank, config: DistillConfig,
+                      num_shards: int | None = None):
     """``distill_step(state, teachers, batch) -> (state, metrics)``: one URL update.
 
     Args:
@@ -190,6 +197,7 @@ def make_distill_step(student: MultiHeadClassifier, adapters: AlignmentAdapters,
       teachers: the static :class:`~ur_jax.teachers.TeacherBank`; the step's
         ``teachers`` argument is the matching variables pytree.
       config: the objective's weights.
+      num_shards: the data mesh's size (as in :func:`make_train_step`).
 
     ``state.params`` is ``{'student': student params, 'adapters': adapter params}``
     (see :func:`init_distill_state`). Metrics: ``loss``, and per domain
@@ -212,7 +220,7 @@ def make_distill_step(student: MultiHeadClassifier, adapters: AlignmentAdapters,
 
         def loss_fn(params):
             feats, logits, new_stats = _student_forward(student, params["student"],
-                                                        state.batch_stats, batch, True)
+                                                        state.batch_stats, batch, True, num_shards)
             loss, metrics = _task_terms(logits, batch)
             adapted = adapters.apply({"params": params["adapters"]},
                                      {d: feats[d][config.student_feature] for d in batch})
@@ -260,7 +268,8 @@ def init_distill_state(student: MultiHeadClassifier, adapters: AlignmentAdapters
                              distill_tx(student_tx, adapter_tx))
 
 
-def make_eval_step(model: MultiHeadClassifier) -> Callable[[Any, Any, Batch], Metrics]:
+def make_eval_step(model: MultiHeadClassifier, num_shards: int | None = None
+                   ) -> Callable[[Any, Any, Batch], Metrics]:
     """``eval_step(params, batch_stats, batch) -> metrics`` (inference mode).
 
     Metrics per domain: ``correct/<d>`` (count of correct predictions),
@@ -270,7 +279,7 @@ def make_eval_step(model: MultiHeadClassifier) -> Callable[[Any, Any, Batch], Me
 
     def eval_step(params, batch_stats, batch: Batch) -> Metrics:
         _check_batch(batch, model.domains)
-        _, logits, _ = _student_forward(model, params, batch_stats, batch, False)
+        _, logits, _ = _student_forward(model, params, batch_stats, batch, False, num_shards)
         out: Metrics = {}
         for d, lg in logits.items():
             labels = batch[d]["label"]

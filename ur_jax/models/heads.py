@@ -17,6 +17,8 @@ from typing import Any, Mapping, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ur_jax import sharding
+
 Array = Any
 
 
@@ -50,6 +52,13 @@ class MultiHeadClassifier(nn.Module):
     features restricted to domain ``d``'s rows, ``logits[d]`` is ``(N_d, classes_d)``
     (float32). Any subset of the domains may be passed.
 
+    ``num_shards``: the number of devices the batch axis is split over; by default the
+    size of the data mesh being traced under (:func:`ur_jax.sharding.data_shards`: the
+    steps of :mod:`ur_jax.steps` set it), else 1. The domains are joined shard by
+    shard, so that each device's part of the combined batch is its own part of every
+    domain and no image moves between devices; results do not depend on it (up to
+    float summation order).
+
     Attributes:
       backbone: a module mapping images to a dict of named features.
       num_classes: ``((domain, classes), ...)``.
@@ -65,7 +74,8 @@ class MultiHeadClassifier(nn.Module):
         return tuple(d for d, _ in self.num_classes)
 
     @nn.compact
-    def __call__(self, images: Mapping[str, Array], train: bool = False):
+    def __call__(self, images: Mapping[str, Array], train: bool = False,
+                 num_shards: int | None = None):
         if not isinstance(images, Mapping):
             raise TypeError("MultiHeadClassifier expects a dict {domain: images}; found "
                             f"{type(images).__name__}. Wrap a single batch as {{'domain': x}}.")
@@ -74,14 +84,24 @@ class MultiHeadClassifier(nn.Module):
         if unknown:
             raise KeyError(f"Unknown domain(s) {unknown}; this model has {list(self.domains)}.")
         sizes = [images[d].shape[0] for d in order]
-        x = jnp.concatenate([images[d] for d in order], axis=0) if len(order) > 1 else images[order[0]]
-        feats = self.backbone(x, train=train)
+        num_shards = sharding.data_shards() if num_shards is None else num_shards
+        if num_shards < 1 or any(n % num_shards for n in sizes):
+            raise ValueError(f"Per-domain batch sizes {dict(zip(order, sizes))} must be multiples "
+                             f"of num_shards={num_shards}.")
+        s = num_shards
+        # Shard-major concatenation: view each domain as (s, n_d / s, ...) and concatenate on
+        # axis 1, so that shard k of the combined batch is shard k of every domain. With the
+        # batch split over s devices, joining and splitting the domains moves no data.
+        x = jnp.concatenate([images[d].reshape((s, n // s) + images[d].shape[1:])
+                             for d, n in zip(order, sizes)], axis=1)
+        feats = self.backbone(x.reshape((-1,) + x.shape[2:]), train=train)
         per_domain: dict[str, dict[str, Array]] = {d: {} for d in order}
-        start = 0
-        for d, n in zip(order, sizes):
-            for name, f in feats.items():
-                per_domain[d][name] = f[start:start + n]
-            start += n
+        for name, f in feats.items():
+            f = f.reshape((s, -1) + f.shape[1:])
+            start = 0
+            for d, n in zip(order, sizes):
+                per_domain[d][name] = f[:, start:start + n // s].reshape((n,) + f.shape[2:])
+                start += n // s
         logits = Heads(self.num_classes, name="heads")(
             {d: per_domain[d][self.feature] for d in order})
         return per_domain, {d: l.astype(jnp.float32) for d, l in logits.items()}
