@@ -71,7 +71,7 @@ def main() -> None:
     # Teachers: same architecture, different (random) weights.
     teacher_models = {}
     for i, d in enumerate(domains):
-        m = models.MultiHeadClassifier(backbone.clone(dtype=jnp.float32), ((d, args.classes),))
+        m = models.MultiHeadClassifier(backbone, ((d, args.classes),))
         teacher_models[d] = (m, jax.jit(m.init)(jax.random.key(100 + i), {d: images[d][:1]}))
     student = models.MultiHeadClassifier(backbone, tuple((d, args.classes) for d in domains))
     width = backbone.feature_dim
