@@ -1,6 +1,5 @@
 """The data mesh: placements, the batch-divisibility check, the context mesh size."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

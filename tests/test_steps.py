@@ -97,7 +97,7 @@ def test_distill_step_updates_only_student_and_adapters(setup, run_on):
 
 def _reference_loss(setup, params, batch_stats, step):
     """The URL objective written out from its definition, sharing no code with steps.py."""
-    student, bank, tvars, cfg = setup["student"], setup["bank"], setup["tvars"], CONFIG
+    student, cfg = setup["student"], CONFIG
     batch = setup["batch"]
     images = {d: jnp.asarray(b["image"]) for d, b in batch.items()}
     total = 0.0

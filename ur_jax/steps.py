@@ -30,8 +30,6 @@ import dataclasses
 import functools
 from typing import Any, Callable, Mapping
 
-import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
