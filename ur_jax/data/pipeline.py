@@ -1,0 +1,169 @@
+"""Input pipelines with grain: multi-domain training batches and padded evaluation batches.
+
+Sources are random-access (``tfds.data_source`` / ``builder.as_data_source``), each
+record a dict ``{'image': uint8 (H, W, C), 'label': int}``.
+
+* :func:`train_batches`: an infinite :class:`grain.MapDataset` whose element ``i`` is the
+  ``i``-th multi-domain batch ``{domain: {'image': float32 (B_d, H, W, C), 'label': int32
+  (B_d,)}}``, with a per-domain batch size. Every domain is shuffled with its own seed,
+  reshuffled every epoch, and (optionally) augmented with per-record random numbers that
+  grain derives from the seed and the record's position; so element ``i`` is a pure
+  function of ``(seed, i)``, and the iterator's state (one index) is what makes resume
+  exact (:mod:`ur_jax.checkpointing`).
+* :func:`eval_batches`: the whole split once, in fixed-size batches with a ``'mask'``
+  (1 = real example) so that the last, padded batch reuses the compiled step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator, Mapping, Sequence
+
+import grain
+import numpy as np
+
+Source = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalization:
+    """``image = (uint8 / 255 - mean) / std`` per channel."""
+
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        x = np.asarray(images, np.float32) / 255.0
+        return (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+
+
+AUGMENTATIONS = ("none", "crop", "crop_flip")
+
+
+def _augment(kind: str, pad: int):
+    if kind not in AUGMENTATIONS:
+        raise ValueError(f"Unknown augmentation {kind!r}; expected one of {AUGMENTATIONS}.")
+
+    def augment(record: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        image = np.asarray(record["image"])
+        if kind in ("crop", "crop_flip") and pad:
+            h, w = image.shape[:2]
+            padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+            dy, dx = rng.integers(0, 2 * pad + 1, size=2)
+            image = padded[dy:dy + h, dx:dx + w]
+        if kind == "crop_flip" and rng.random() < 0.5:
+            image = image[:, ::-1]
+        return {"image": image, "label": record["label"]}
+
+    return augment
+
+
+def _check_sources(sources: Mapping[str, Source], batch_sizes: Mapping[str, int]) -> None:
+    if not sources:
+        raise ValueError("No data sources given.")
+    missing = sorted(set(sources) - set(batch_sizes))
+    if missing:
+        raise ValueError(f"No batch size for domain(s) {missing}; batch sizes are given for "
+                         f"{sorted(batch_sizes)}.")
+    for d, src in sources.items():
+        if len(src) < 1:
+            raise ValueError(f"Data source for domain {d!r} is empty.")
+        if int(batch_sizes[d]) < 1:
+            raise ValueError(f"Batch size for domain {d!r} must be positive; found "
+                             f"{batch_sizes[d]}.")
+
+
+def _to_arrays(normalize: Normalization):
+    def convert(batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        return {"image": normalize(batch["image"]), "label": np.asarray(batch["label"], np.int32)}
+
+    return convert
+
+
+def train_batches(sources: Mapping[str, Source], batch_sizes: Mapping[str, int], seed: int,
+                  augment: str = "none", pad: int = 2,
+                  normalize: Normalization = Normalization()) -> grain.MapDataset:
+    """Infinite multi-domain training batches (see the module docstring).
+
+    Args:
+      sources: ``{domain: random-access source}``; the batch dict keeps this order.
+      batch_sizes: ``{domain: examples per step}``.
+      seed: shuffling and augmentation seed (each domain derives its own).
+      augment: one of :data:`AUGMENTATIONS` (random ``pad``-pixel translation by
+        reflect-padding and cropping; optionally horizontal flips).
+      normalize: how uint8 images become float32.
+    """
+    _check_sources(sources, batch_sizes)
+    per_domain = []
+    for i, (d, src) in enumerate(sources.items()):
+        ds = grain.MapDataset.source(src).seed(int(seed) * 1009 + i).shuffle().repeat()
+        if augment != "none":
+            ds = ds.random_map(_augment(augment, pad))
+        ds = ds.batch(int(batch_sizes[d]), drop_remainder=True).map(_to_arrays(normalize))
+        per_domain.append(ds)
+    names = list(sources)
+    return grain.experimental.ZipMapDataset(per_domain).map(
+        lambda batches: dict(zip(names, batches)))
+
+
+def iterate(dataset: grain.MapDataset, num_threads: int = 2,
+            prefetch: int = 4) -> grain.DatasetIterator:
+    """A checkpointable iterator over ``dataset`` with background prefetching.
+
+    ``iterator.get_state()`` / ``set_state()`` (or :mod:`ur_jax.checkpointing`) save and
+    restore its position exactly, prefetched elements included.
+    """
+    options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+    return iter(dataset.to_iter_dataset(options))
+
+
+def eval_batches(source: Source, batch_size: int,
+                 normalize: Normalization = Normalization(),
+                 limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """The split once, in order, in batches of exactly ``batch_size``.
+
+    Each batch has ``'image'``, ``'label'`` and ``'mask'`` (float32, 1 for real
+    examples); the last batch is padded with copies of the first example (mask 0,
+    label -1). ``limit``: use only the first ``limit`` examples.
+    """
+    n = len(source) if limit is None else min(int(limit), len(source))
+    if n < 1:
+        raise ValueError("Cannot evaluate on an empty split.")
+    if batch_size < 1:
+        raise ValueError(f"Evaluation batch size must be positive; found {batch_size}.")
+    ds = grain.MapDataset.source(source).slice(slice(0, n)).batch(batch_size)
+    for batch in ds:
+        images = normalize(batch["image"])
+        labels = np.asarray(batch["label"], np.int32)
+        k = len(labels)
+        mask = np.zeros(batch_size, np.float32)
+        mask[:k] = 1.0
+        if k < batch_size:
+            images = np.concatenate([images, np.repeat(images[:1], batch_size - k, 0)])
+            labels = np.concatenate([labels, np.full(batch_size - k, -1, np.int32)])
+        yield {"image": images, "label": labels, "mask": mask}
+
+
+def load_split(source: Source, normalize: Normalization = Normalization(),
+               limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """All (or the first ``limit``) examples of a split as ``(images float32, labels int32)``."""
+    n = len(source) if limit is None else min(int(limit), len(source))
+    images, labels = [], []
+    for batch in grain.MapDataset.source(source).slice(slice(0, n)).batch(512):
+        images.append(normalize(batch["image"]))
+        labels.append(np.asarray(batch["label"], np.int32))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def image_shape(sources: Mapping[str, Source]) -> dict[str, tuple[int, ...]]:
+    """``{domain: image shape}`` read from each source's first record."""
+    return {d: tuple(np.shape(src[0]["image"])) for d, src in sources.items()}
+
+
+def domain_subset(mapping: Mapping[str, Any], domains: Sequence[str]) -> dict[str, Any]:
+    """``mapping`` restricted to ``domains`` (in that order), with a clear error for a
+    missing one."""
+    missing = [d for d in domains if d not in mapping]
+    if missing:
+        raise KeyError(f"Domain(s) {missing} missing; available: {sorted(mapping)}.")
+    return {d: mapping[d] for d in domains}
