@@ -200,7 +200,7 @@ def make_distill_step(student: MultiHeadClassifier, adapters: AlignmentAdapters,
     ``state.params`` is ``{'student': student params, 'adapters': adapter params}``
     (see :func:`init_distill_state`). Metrics: ``loss``, and per domain
     ``task_loss/<d>``, ``align_loss/<d>``, ``kd_loss/<d>``, ``weight/<d>``,
-    ``accuracy/<d>``.
+    ``accuracy/<d>`` and ``teacher_accuracy/<d>`` (the frozen teacher's, on the batch).
     """
     align = losses.feature_loss(config.feature_loss)
     missing = sorted(set(student.domains) - set(teachers.domains))
@@ -229,6 +229,8 @@ def make_distill_step(student: MultiHeadClassifier, adapters: AlignmentAdapters,
                            t_feats[d][config.teacher_feature].astype(jnp.float32))
                 metrics[f"align_loss/{d}"] = fa
                 loss = loss + w * config.lambda_f[d] * fa
+                metrics[f"teacher_accuracy/{d}"] = jnp.mean(
+                    (jnp.argmax(t_logits[d], -1) == batch[d]["label"]).astype(jnp.float32))
                 if config.lambda_p[d]:
                     kd = losses.kd_kl(logits[d], t_logits[d], config.temperature)
                     metrics[f"kd_loss/{d}"] = kd

@@ -1,0 +1,158 @@
+"""Every orbax call in ur_jax: training checkpoints with the data iterator, and saved models.
+
+* :class:`Checkpointer` wraps an orbax ``CheckpointManager`` that saves the train state
+  and the grain iterator's state **together** under one step, keeps the last few, and
+  restores both, so a run killed at any moment continues exactly where its last
+  checkpoint left it: the same parameters, optimizer state and next batch.
+* :func:`save_model` / :func:`load_model`: a trained network as a directory
+  (``model.json``, the architecture, plus ``variables/``, an orbax checkpoint of
+  ``params`` and ``batch_stats``). Teachers are exchanged in this format (a run writes
+  one per teacher; configs point to them to reuse teachers), and converted PyTorch
+  checkpoints will be written in it too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+import grain.checkpoint  # noqa: F401  (registers grain's CheckpointSave/Restore with orbax)
+from grain.checkpoint import CheckpointRestore, CheckpointSave
+
+from ur_jax.models import MultiHeadClassifier, get_backbone
+
+MODEL_FILE = "model.json"
+VARIABLES_DIR = "variables"
+
+
+def _state_tree(state: Any) -> dict[str, Any]:
+    return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
+            "opt_state": state.opt_state}
+
+
+class Checkpointer:
+    """Saves and restores ``(train state, data iterator)`` pairs in ``directory``.
+
+    Args:
+      directory: where the steps are written (created if needed).
+      keep: how many recent checkpoints to keep.
+      every: save every this many steps (the final step is always saved with
+        ``force=True``).
+    """
+
+    def __init__(self, directory: str, keep: int = 3, every: int = 100):
+        self.directory = os.fspath(directory)
+        options = ocp.CheckpointManagerOptions(max_to_keep=int(keep),
+                                               save_interval_steps=max(1, int(every)),
+                                               create=True, enable_async_checkpointing=False)
+        self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                              item_names=("state", "data"))
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step, or ``None``."""
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: Any, iterator: Any, force: bool = False) -> bool:
+        """Saves if ``step`` is due (or ``force``); returns whether it saved."""
+        return self._manager.save(int(step), args=ocp.args.Composite(
+            state=ocp.args.StandardSave(_state_tree(state)), data=CheckpointSave(iterator)),
+            force=force)
+
+    def restore(self, state: Any, iterator: Any, step: int | None = None) -> Any:
+        """Restores the checkpoint at ``step`` (default: latest) into a copy of ``state``
+        (whose arrays give shapes, dtypes and shardings) and ``iterator`` (in place)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_tree(state))
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), data=CheckpointRestore(iterator)))
+        return state.replace(**restored["state"])
+
+    def close(self) -> None:
+        """Waits for pending writes and releases the manager."""
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def save_model(directory: str, spec: Mapping[str, Any], variables: Mapping[str, Any]) -> None:
+    """Writes a network: ``spec`` (see :func:`model_from_spec`) and its ``variables``."""
+    path = epath.Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    tree = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+    ckpt = ocp.StandardCheckpointer()
+    ckpt.save((path / VARIABLES_DIR).absolute(), tree, force=True)
+    ckpt.wait_until_finished()
+    (path / MODEL_FILE).write_text(json.dumps(dict(spec), indent=2, sort_keys=True))
+
+
+def model_spec(backbone: str, backbone_kwargs: Mapping[str, Any],
+               num_classes: Mapping[str, int] | Any, feature: str = "pooled") -> dict[str, Any]:
+    """The JSON description of a :class:`MultiHeadClassifier` written next to its weights."""
+    pairs = list(num_classes.items()) if isinstance(num_classes, Mapping) else list(num_classes)
+    return {"backbone": backbone, "backbone_kwargs": dict(backbone_kwargs),
+            "num_classes": [[d, int(n)] for d, n in pairs], "feature": feature}
+
+
+def model_from_spec(spec: Mapping[str, Any]) -> MultiHeadClassifier:
+    """Builds the :class:`MultiHeadClassifier` that ``spec`` describes."""
+    backbone = get_backbone(spec["backbone"], **dict(spec.get("backbone_kwargs", {})))
+    return MultiHeadClassifier(backbone, tuple((d, int(n)) for d, n in spec["num_classes"]),
+                               feature=spec.get("feature", "pooled"))
+
+
+def load_model(directory: str, expected: Mapping[str, Any] | None = None,
+               ) -> tuple[MultiHeadClassifier, dict[str, Any]]:
+    """Reads a network written by :func:`save_model`: returns ``(model, variables)``.
+
+    ``expected``: a spec the model must match (architecture and class counts); a
+    mismatch raises ``ValueError`` naming the differences, so that a wrong teacher is
+    refused before any training starts.
+    """
+    path = epath.Path(directory)
+    if not (path / MODEL_FILE).exists() or not (path / VARIABLES_DIR).exists():
+        raise FileNotFoundError(
+            f"No saved model in {os.fspath(path)}: expected {MODEL_FILE} and {VARIABLES_DIR}/ "
+            f"there, as written by a ur_jax run (<workdir>/teachers/<domain>/model) or by "
+            f"python -m ur_jax.convert. Check the path, or let the run train this teacher.")
+    spec = json.loads((path / MODEL_FILE).read_text())
+    if expected is not None:
+        diffs = [f"{k}: expected {expected[k]!r}, found {spec.get(k)!r}"
+                 for k in ("backbone", "backbone_kwargs", "num_classes", "feature")
+                 if k in expected and _jsonable(expected[k]) != _jsonable(spec.get(k))]
+        if diffs:
+            raise ValueError(f"The model in {os.fspath(path)} does not match what the config "
+                             f"needs:\n  " + "\n  ".join(diffs))
+    model = model_from_spec(spec)
+    variables = ocp.StandardCheckpointer().restore((path / VARIABLES_DIR).absolute())
+    _check_shapes(model, variables, spec, path)
+    return model, variables
+
+
+def _jsonable(x: Any) -> Any:
+    return json.loads(json.dumps(x))
+
+
+def _check_shapes(model: MultiHeadClassifier, variables: Mapping[str, Any], spec: Mapping[str, Any],
+                  path: epath.Path) -> None:
+    """Refuses variables whose tree or shapes differ from the architecture's."""
+    import jax.numpy as jnp
+
+    probe = {d: jnp.zeros((1, 32, 32, 3), jnp.float32) for d in model.domains}
+    abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), probe, train=False))
+    want = {jax.tree_util.keystr(p): tuple(x.shape)
+            for p, x in jax.tree_util.tree_leaves_with_path(dict(abstract))}
+    got = {jax.tree_util.keystr(p): tuple(x.shape)
+           for p, x in jax.tree_util.tree_leaves_with_path(dict(variables))}
+    problems = [f"missing {k} {v}" for k, v in want.items() if k not in got]
+    problems += [f"unexpected {k} {v}" for k, v in got.items() if k not in want]
+    problems += [f"{k}: expected shape {v}, found {got[k]}" for k, v in want.items()
+                 if k in got and got[k] != v]
+    if problems:
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise ValueError(f"The variables in {os.fspath(path)} do not fit the architecture in its "
+                         f"{MODEL_FILE} ({spec['backbone']}):\n  " + "\n  ".join(shown))

@@ -1,0 +1,63 @@
+"""Command line: ``python -m ur_jax.main --config configs/<name>.py[:<arg>] --workdir DIR``.
+
+Runs the stages the config names (see :mod:`ur_jax.train`), resuming whatever ``DIR``
+already holds of the same config, and writes ``DIR/results.json``. Any config value can
+be overridden: ``--config.seed=1``, ``--config.url.steps=2000``. ``--overwrite``
+replaces a run of a different config in ``DIR``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file, e.g. configs/default.py or configs/default.py:smoke.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.json.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False,
+                               "Delete a run of a different config found in --workdir.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _config_key(arg: str) -> str:
+    return arg.split("=", 1)[0][len("--config."):]
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing, with a readable error for a config key the config does not have."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as e:
+        while e.args and isinstance(e.args[0], Exception):  # AttributeError(KeyError(msg))
+            e = e.args[0]
+        text = str(e.args[0] if e.args else e)
+        hint = text[text.index("Did you mean"):] if "Did you mean" in text else ""
+        name = text.split("\n")[0].strip("'\"")
+        keys = [_config_key(a) for a in argv if a.startswith("--config.")]
+        bad = next((k for k in keys if k.split(".")[-1] == name), name)
+        print(f"error: the config has no key {bad!r} (--config.{bad}). {hint}\n"
+              f"Its keys are those set in the config file's get_config().", file=sys.stderr)
+        sys.exit(2)
+    except flags.Error as e:
+        print(f"error: {e}\nPass --help for usage.", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    from ur_jax import train  # after flag parsing: JAX reads its flags at import
+
+    try:
+        train.run(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+    except (train.WorkdirError, FileNotFoundError, ValueError) as e:
+        logging.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)
