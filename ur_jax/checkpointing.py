@@ -20,8 +20,7 @@ from typing import Any, Mapping
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
-import grain.checkpoint  # noqa: F401  (registers grain's CheckpointSave/Restore with orbax)
-from grain.checkpoint import CheckpointRestore, CheckpointSave
+from grain.checkpoint import CheckpointRestore, CheckpointSave  # registered with orbax
 
 from ur_jax.models import MultiHeadClassifier, get_backbone
 
