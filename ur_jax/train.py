@@ -32,7 +32,8 @@ import logging as pylogging
 import os
 import shutil
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ur_jax import writers  # noqa: F401  (first: makes clu's writers importable without TF)
 
@@ -155,7 +156,7 @@ def _seed(config, *path: int) -> int:
     return int(np.random.SeedSequence([int(config.seed), *path]).generate_state(1)[0] >> 1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sgd(lr: float, steps_: int, warmup: int, momentum: float, weight_decay: float):
     """SGD with linear warmup and cosine decay. Cached: runs with equal hyperparameters get
     the *same* optimizer object, which is static in the train state, so their steps share
@@ -171,6 +172,21 @@ def _stage_sgd(stage_config):
                 float(stage_config.weight_decay))
 
 
+def batch_size(stage_config, domain: str) -> int:
+    """A stage's per-step batch size for ``domain``: ``stage_config.batch_size`` is one
+    number for every domain, or a mapping ``{domain: size}`` (with an optional
+    ``'default'``), e.g. a larger batch for ImageNet on Meta-Dataset."""
+    size = stage_config.batch_size
+    if isinstance(size, ml_collections.ConfigDict):
+        size = size.to_dict()
+    if isinstance(size, Mapping):
+        if domain not in size and "default" not in size:
+            raise ValueError(f"The batch_size mapping {dict(size)} has no entry for {domain!r} "
+                             f"and no 'default'.")
+        size = size.get(domain, size.get("default"))
+    return int(size)
+
+
 def _sample_images(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, jax.Array]:
     return {d: jnp.zeros((1,) + tuple(s), jnp.float32) for d, s in shapes.items()}
 
@@ -181,23 +197,23 @@ def _sample_images(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, jax.Array
 # runs on CPU).
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _init_fn(model: MultiHeadClassifier):
     return jax.jit(lambda rng, images: model.init(rng, images, train=False))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _train_step_fn(model: MultiHeadClassifier, mesh):
     return steps.jit_step(steps.make_train_step(model), mesh)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _eval_step_fn(model: MultiHeadClassifier, mesh):
     return sharding.jit_data_parallel(steps.make_eval_step(model), mesh, batch_argnums=(2,),
                                       num_args=3, donate_argnums=())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _features_fn(backbone, feature: str, mesh):
     def features(v, x):
         return backbone.apply(v, x, train=False)[feature].astype(jnp.float32)
@@ -290,7 +306,7 @@ def evaluate(model: MultiHeadClassifier, variables: Mapping[str, Any], sources: 
     stats = variables.get("batch_stats", {})
     iters = {d: pipeline.eval_batches(src, config.eval_batch_size, limit=config.eval_limit or None)
              for d, src in sources.items()}
-    totals: dict[str, float] = {}
+    sums = None  # per-batch sums added on device: one host transfer at the end
     while True:
         batch = {d: b for d, b in ((d, next(it, None)) for d, it in iters.items()) if b is not None}
         if not batch:
@@ -298,9 +314,9 @@ def evaluate(model: MultiHeadClassifier, variables: Mapping[str, Any], sources: 
         filler = next(iter(batch.values()))
         for d in sources:  # exhausted domains: fully masked batches keep one compiled shape
             batch.setdefault(d, {**filler, "mask": np.zeros_like(filler["mask"])})
-        out = jax.device_get(eval_step(params, stats, sharding.shard_batch(batch, mesh)))
-        for k, v in out.items():
-            totals[k] = totals.get(k, 0.0) + float(v)
+        out = eval_step(params, stats, sharding.shard_batch(batch, mesh))
+        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    totals = {k: float(v) for k, v in jax.device_get(sums).items()}
     return {d: {"accuracy": 100.0 * totals[f"correct/{d}"] / totals[f"count/{d}"],
                 "loss": totals[f"loss_sum/{d}"] / totals[f"count/{d}"],
                 "examples": int(totals[f"count/{d}"])} for d in sources}
@@ -320,15 +336,15 @@ def _with_mean(per_domain: dict[str, dict[str, float]]) -> dict[str, Any]:
 _TEACHER_HEAD = "teacher"
 
 
-def _train_classifier(name: str, config, stage_config, model, sources, image_shape, mesh,
-                      writer, workdir, seed_path, log_parameters: bool = True) -> dict[str, Any]:
+def _train_classifier(name: str, config, stage_config, model, sources, batch_sizes, image_shape,
+                      mesh, writer, workdir, seed_path, log_parameters: bool = True
+                      ) -> dict[str, Any]:
     variables = _init_model(model, config, _seed(config, *seed_path), image_shape)
     if log_parameters:
         parameter_overview.log_parameter_overview(variables["params"], msg=f"[{name}] parameters")
     state = steps.TrainState.create(variables["params"], variables.get("batch_stats", {}),
                                     _stage_sgd(stage_config))
     state = sharding.replicate(state, mesh)
-    batch_sizes = {d: stage_config.batch_size for d in sources}
     dataset = pipeline.train_batches(sources, batch_sizes, seed=_seed(config, *seed_path, 1),
                                      augment=config.augment)
     state = fit(name, _train_step_fn(model, mesh), state, dataset, stage_config.steps,
@@ -362,8 +378,10 @@ def train_teachers(config, data, mesh, writer, workdir
             continue
         generic = checkpointing.model_from_spec(_spec(config, {_TEACHER_HEAD: data.num_classes[d]}))
         variables = _train_classifier(f"teacher_{d}", config, config.teachers, generic,
-                                      {_TEACHER_HEAD: data.train[d]}, data.image_shape, mesh,
-                                      writer, workdir, (1, i), log_parameters=not logged)
+                                      {_TEACHER_HEAD: data.train[d]},
+                                      {_TEACHER_HEAD: batch_size(config.teachers, d)},
+                                      data.image_shape, mesh, writer, workdir, (1, i),
+                                      log_parameters=not logged)
         logged = True
         results[d] = evaluate(generic, variables, {_TEACHER_HEAD: data.test[d]}, config,
                               mesh)[_TEACHER_HEAD]
@@ -384,8 +402,9 @@ def train_mdl(config, data, mesh, writer, workdir):
     """The ``mdl`` stage: ``(model, variables)`` of the multi-domain baseline."""
     model = _student(config, data)
     variables = _train_classifier("mdl", config, config.mdl, model,
-                                  {d: data.train[d] for d in config.domains}, data.image_shape,
-                                  mesh, writer, workdir, (2,))
+                                  {d: data.train[d] for d in config.domains},
+                                  {d: batch_size(config.mdl, d) for d in config.domains},
+                                  data.image_shape, mesh, writer, workdir, (2,))
     return model, variables
 
 
@@ -409,9 +428,9 @@ def train_url(config, data, teachers, mesh, writer, workdir):
     u = config.url
     domains = tuple(config.domains)
     student = _student(config, data)
-    batch_sizes = {d: u.batch_size for d in domains}
+    batch_sizes = {d: batch_size(u, d) for d in domains}
     bank, teacher_vars = stack_teachers(
-        teachers, image_shapes={d: (u.batch_size,) + tuple(data.image_shape) for d in domains},
+        teachers, image_shapes={d: (batch_sizes[d],) + tuple(data.image_shape) for d in domains},
         mode=config.teacher_mode)
     adapters = AlignmentAdapters(tuple((d, teachers[d][0].backbone.feature_dim) for d in domains),
                                  kind=u.adapter)
@@ -448,8 +467,8 @@ def extract_features(model: MultiHeadClassifier, variables, images: np.ndarray, 
         k = len(x)
         if k < batch_size:
             x = np.concatenate([x, np.zeros((batch_size - k,) + x.shape[1:], x.dtype)])
-        out.append(np.asarray(jax.device_get(fn(backbone_vars, sharding.shard_batch(x, mesh))))[:k])
-    return np.concatenate(out)
+        out.append((fn(backbone_vars, sharding.shard_batch(x, mesh)), k))  # no sync per batch
+    return np.concatenate([np.asarray(jax.device_get(f))[:k] for f, k in out])
 
 
 def run_fewshot(config, data, models: Mapping[str, tuple[MultiHeadClassifier, dict]], mesh
@@ -527,9 +546,10 @@ def validate_config(config: ml_collections.ConfigDict, mesh: Mesh | None = None)
         raise ValueError("config.domains is empty: name at least one training domain.")
     n = jax.device_count() if mesh is None else mesh.size
     for key in ("teachers", "mdl", "url"):
-        bs = config[key].batch_size
-        if bs % n:
-            raise ValueError(f"config.{key}.batch_size={bs} must be a multiple of the {n} devices "
+        bs = {d: batch_size(config[key], d) for d in config.domains}
+        if any(b % n or b < 1 for b in bs.values()):
+            raise ValueError(f"config.{key}.batch_size={config[key].batch_size} must be a "
+                             f"positive multiple of the {n} devices "
                              f"(per-domain batches are split over them).")
     if config.eval_batch_size % n:
         raise ValueError(f"config.eval_batch_size={config.eval_batch_size} must be a multiple of "

@@ -478,10 +478,10 @@ def evaluate_episodes(features: ArrayLike, episodes: Episodes, method: str = "nc
             arrays = [np.concatenate([a, np.repeat(a[:1], pad, axis=0)]) for a in arrays]
         acc = episode_accuracy(features, *arrays, method=method, ways=episodes.ways,
                                steps=steps, learning_rate=learning_rate)
-        results.append(np.asarray(acc)[:len(part)])
+        results.append((acc, len(part)))  # kept on device: no host sync between chunks
     if not results:
         return np.zeros((0,), np.float32)
-    return np.concatenate(results).astype(np.float32)
+    return np.concatenate([np.asarray(a)[:k] for a, k in results]).astype(np.float32)
 
 
 # --------------------------------------------------------------------------
