@@ -17,7 +17,8 @@ record a dict ``{'image': uint8 (H, W, C), 'label': int}``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import grain
 import numpy as np
@@ -102,6 +103,10 @@ def train_batches(sources: Mapping[str, Source], batch_sizes: Mapping[str, int],
         ds = ds.batch(int(batch_sizes[d]), drop_remainder=True).map(_to_arrays(normalize))
         per_domain.append(ds)
     names = list(sources)
+    # "Infinite" datasets have length sys.maxsize // batch size, which differs between
+    # domains with different batch sizes; zipping needs equal lengths.
+    length = min(len(ds) for ds in per_domain)
+    per_domain = [ds.slice(slice(0, length)) for ds in per_domain]
     return grain.experimental.ZipMapDataset(per_domain).map(
         lambda batches: dict(zip(names, batches)))
 
