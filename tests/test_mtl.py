@@ -1,0 +1,522 @@
+"""Tests for ur_jax.mtl: multi-task optimisation baselines vs closed forms / NumPy references."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ur_jax import mtl
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _combine(method, grads, losses, params, state, rng):
+    """One jitted combine per (method, shapes), reused across tests."""
+    return method.combine(grads, losses, params, state, rng)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _loss_and_grads(method, losses, params, state):
+    """Jitted total, weights and d total / d (losses, params) of a loss-weighting method."""
+    def total(l, p):
+        return method.loss(l, p, state)
+    (value, weights), grads = jax.value_and_grad(total, argnums=(0, 1), has_aux=True)(
+        losses, params)
+    return value, weights, grads
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _combine_and_update(method, grads, losses, params, state, rng):
+    """combine() followed by update_state(), as a training step would call them."""
+    return method.combine(grads, losses, params, state, rng), method.update_state(state, losses)
+
+
+def _key(seed: int = 0) -> jax.Array:
+    return jax.random.key(seed)
+
+
+def _grid_simplex3(n: int) -> np.ndarray:
+    """All points (i, j, n-i-j)/n of the 2-simplex, (M, 3)."""
+    pts = [(i, j, n - i - j) for i in range(n + 1) for j in range(n + 1 - i)]
+    return np.asarray(pts, np.float64) / n
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+# ------------------------------------------------------------------------------------------------
+# Construction and validation
+# ------------------------------------------------------------------------------------------------
+
+def test_get_method_builds_every_method_with_documented_attributes():
+    expected = {"uniform": (False, "params"), "uncertainty": (False, "params"),
+                "dwa": (False, "params"), "gradnorm": (True, "params"),
+                "mgda": (True, "params"), "pcgrad": (True, "params"),
+                "graddrop": (True, "features"), "imtl_l": (False, "params"),
+                "imtl_g": (True, "params"), "imtl_h": (True, "params"),
+                "cagrad": (True, "params")}
+    assert set(expected) == set(mtl.METHODS)
+    for name in mtl.METHODS:
+        opts = {"steps_per_epoch": 2} if name == "dwa" else {}
+        m = mtl.get_method(name, **opts)
+        assert isinstance(m, mtl.MTLMethod)
+        assert (m.name, (m.uses_gradients, m.space)) == (name, expected[name])
+        assert hash(m) == hash(mtl.get_method(name, **opts))   # usable as a static jit arg
+    assert mtl.get_method("IMTL-H").name == "imtl_h"
+    assert mtl.get_method("pcgrad", space="features").space == "features"
+    assert mtl.get_method("graddrop", leak=[0.1, 0.2]).leak == (0.1, 0.2)
+
+
+def test_get_method_rejects_bad_names_and_options_with_helpful_messages():
+    with pytest.raises(ValueError, match="unknown multi-task method 'nash'.*'cagrad'"):
+        mtl.get_method("nash")
+    with pytest.raises(ValueError, match=r"does not take option\(s\) \['temp'\].*temperature"):
+        mtl.get_method("dwa", steps_per_epoch=3, temp=2.0)
+    with pytest.raises(ValueError, match="valid options: none"):
+        mtl.get_method("uniform", c=0.4)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        mtl.get_method("dwa")
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        mtl.get_method("mgda", normalization="l1")
+    with pytest.raises(ValueError, match="space must be one of"):
+        mtl.get_method("cagrad", space="activations")
+    with pytest.raises(ValueError, match="leak"):
+        mtl.get_method("graddrop", leak=1.5)
+    with pytest.raises(ValueError, match="rescale"):
+        mtl.get_method("cagrad", rescale=3)
+    with pytest.raises(TypeError, match="sum_scale"):
+        mtl.get_method("imtl_g", sum_scale="yes")
+    with pytest.raises(ValueError, match="num_tasks >= 2"):
+        mtl.get_method("uncertainty").init_params(1)
+    pc = mtl.get_method("pcgrad")
+    with pytest.raises(ValueError, match="call combine"):
+        pc.loss(jnp.ones(3), {}, pc.init_state(3))
+    with pytest.raises(ValueError, match="PRNG key"):
+        pc.combine(jnp.ones((3, 4)), jnp.ones(3), {}, pc.init_state(3), None)
+    with pytest.raises(ValueError, match=r"grads must have shape \(T, D\) = \(3, D\)"):
+        pc.combine(jnp.ones((2, 4)), jnp.ones(3), {}, pc.init_state(3), _key())
+    with pytest.raises(ValueError, match=r"losses must have shape \(T,\)"):
+        mtl.get_method("uniform").loss(jnp.ones((3, 1)), {}, {})
+    with pytest.raises(ValueError, match="leak has 2 values but there are 3 tasks"):
+        mtl.get_method("graddrop", leak=(0.0, 1.0)).combine(
+            jnp.ones((3, 4)), jnp.ones(3), {}, {}, _key())
+
+
+# ------------------------------------------------------------------------------------------------
+# Loss weighting
+# ------------------------------------------------------------------------------------------------
+
+def test_loss_weighting_totals_gradients_and_chain_rule_combine():
+    losses = np.array([0.7, 1.3, 2.1], np.float32)
+    s = np.array([0.3, -0.5, 1.1], np.float32)
+    g = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32)
+    ls = losses.astype(np.float64)
+    s64 = s.astype(np.float64)
+    cases = {
+        # name: (params, total, dtotal/dL, dtotal/ds)
+        "uniform": ({}, ls.sum(), np.ones(3), None),
+        "uncertainty": ({"log_vars": s}, np.sum(ls / (2 * np.exp(s64)) + s64 / 2),
+                        1 / (2 * np.exp(s64)), -ls / (2 * np.exp(s64)) + 0.5),
+        "imtl_l": ({"log_scales": s}, np.sum(np.exp(s64) * ls - s64), np.exp(s64),
+                   np.exp(s64) * ls - 1),
+    }
+    for name, (params, total, d_l, d_s) in cases.items():
+        m = mtl.get_method(name)
+        state = m.init_state(3)
+        value, weights, (g_l, g_p) = _loss_and_grads(m, jnp.asarray(losses), params, state)
+        np.testing.assert_allclose(value, total, rtol=1e-6)
+        np.testing.assert_allclose(weights, d_l, rtol=1e-6)
+        np.testing.assert_allclose(g_l, d_l, rtol=1e-6)
+        if d_s is not None:
+            (p_name,) = params
+            np.testing.assert_allclose(g_p[p_name], d_s, rtol=1e-5, atol=1e-6)
+        # combine() of a loss-weighting method is the chain rule applied to its loss.
+        combined, p_grads, w = _combine(m, jnp.asarray(g), jnp.asarray(losses), params, state,
+                                        _key())
+        np.testing.assert_allclose(combined, d_l @ g, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(w, d_l, rtol=1e-6)
+        if d_s is not None:
+            np.testing.assert_allclose(p_grads[p_name], d_s, rtol=1e-5, atol=1e-6)
+    init = mtl.get_method("uncertainty").init_params(3)
+    np.testing.assert_array_equal(init["log_vars"], np.zeros(3))
+
+
+def test_dwa_uniform_for_two_epochs_then_softmax_of_epoch_mean_ratios():
+    spe, temp, t = 3, 2.0, 3
+    m = mtl.get_method("dwa", steps_per_epoch=spe, temperature=temp)
+    rng = np.random.default_rng(1)
+    seq = rng.uniform(0.2, 3.0, size=(4, spe, t)).astype(np.float32)   # 4 epochs of losses
+
+    @jax.jit
+    def step(state, losses):
+        total, w = m.loss(losses, {}, state)
+        return m.update_state(state, losses), (total, w)
+
+    state = m.init_state(t)
+    weights, totals = [], []
+    for e in range(4):
+        for k in range(spe):
+            state, (total, w) = step(state, jnp.asarray(seq[e, k]))
+            weights.append(np.asarray(w))
+            totals.append(float(total))
+    means = seq.astype(np.float64).mean(axis=1)                          # (epochs, T)
+    for e in range(4):
+        if e < 2:
+            ref = np.ones(t)
+        else:
+            ref = t * _softmax(means[e - 1] / means[e - 2] / temp)
+        for k in range(spe):
+            np.testing.assert_allclose(weights[e * spe + k], ref, rtol=1e-5)
+            np.testing.assert_allclose(totals[e * spe + k], ref @ seq[e, k], rtol=1e-5)
+    assert int(state["step"]) == 4 * spe and int(state["epoch"]) == 4
+    np.testing.assert_allclose(state["last_epoch_mean"], means[3], rtol=1e-6)
+    np.testing.assert_allclose(state["before_last_epoch_mean"], means[2], rtol=1e-6)
+    np.testing.assert_array_equal(state["epoch_loss_sum"], np.zeros(t))
+
+
+# ------------------------------------------------------------------------------------------------
+# GradNorm
+# ------------------------------------------------------------------------------------------------
+
+def _gradnorm_logit_grad_np(logits, norms, losses, l0, alpha):
+    """Analytic gradient of sum_t |w_t n_t - const_t| w.r.t. logits, w = T softmax(logits)."""
+    t = len(logits)
+    p = _softmax(logits)
+    w = t * p
+    wn = w * norms
+    ratio = losses / l0
+    r = ratio / ratio.mean()
+    target = wn.mean() * r ** alpha
+    dw_dlogits = t * (np.diag(p) - np.outer(p, p))                       # [t, k] = dw_t/dz_k
+    return (np.sign(wn - target) * norms) @ dw_dlogits
+
+
+def test_gradnorm_weights_logit_gradient_and_initial_losses():
+    m = mtl.get_method("gradnorm", alpha=1.5)
+    rng = np.random.default_rng(2)
+    g = rng.normal(size=(3, 7)).astype(np.float32) * np.array([[1.0], [3.0], [0.2]], np.float32)
+    norms = np.linalg.norm(g.astype(np.float64), axis=1)
+    logits = np.array([0.2, -0.4, 0.1], np.float32)
+    l_first = np.array([2.0, 1.0, 0.5], np.float32)
+    l_second = np.array([1.5, 0.9, 0.2], np.float32)
+    state = m.init_state(3)
+
+    # Step 0: L(0) unset -> the current losses are used, so r = 1 for every task.
+    combined, p_grads, w = _combine(m, jnp.asarray(g), jnp.asarray(l_first),
+                                    {"logits": jnp.asarray(logits)}, state, _key())
+    w_ref = 3 * _softmax(logits.astype(np.float64))
+    np.testing.assert_allclose(w, w_ref, rtol=1e-6)
+    np.testing.assert_allclose(np.sum(w), 3.0, rtol=1e-6)
+    np.testing.assert_allclose(combined, w_ref @ g, rtol=1e-5, atol=1e-6)
+    ref0 = _gradnorm_logit_grad_np(logits.astype(np.float64), norms, l_first, l_first, 1.5)
+    np.testing.assert_allclose(p_grads["logits"], ref0, rtol=1e-5, atol=1e-6)
+
+    state = m.update_state(state, jnp.asarray(l_first))
+    np.testing.assert_array_equal(state["initial_losses"], l_first)
+    # Step 1: ratios against the stored L(0); L(0) then stays fixed.
+    _, p_grads, w = _combine(m, jnp.asarray(g), jnp.asarray(l_second),
+                             {"logits": jnp.asarray(logits)}, state, _key())
+    ref1 = _gradnorm_logit_grad_np(logits.astype(np.float64), norms, l_second, l_first, 1.5)
+    np.testing.assert_allclose(p_grads["logits"], ref1, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(ref0, ref1)
+    state = m.update_state(state, jnp.asarray(l_second))
+    np.testing.assert_array_equal(state["initial_losses"], l_first)
+    assert int(state["step"]) == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# MGDA
+# ------------------------------------------------------------------------------------------------
+
+def test_mgda_two_tasks_matches_closed_form_including_clipped_cases():
+    m = mtl.get_method("mgda")
+    rng = np.random.default_rng(3)
+    pairs = [rng.normal(size=(2, 6)) for _ in range(3)]
+    base = rng.normal(size=6)
+    pairs.append(np.stack([base, 3 * base + 0.1 * rng.normal(size=6)]))   # g1 inside: alpha=1
+    pairs.append(np.stack([3 * base, base]))                               # g2 inside: alpha=0
+    for g in pairs:
+        g = g.astype(np.float32)
+        g1, g2 = g.astype(np.float64)
+        a1 = np.clip((g2 - g1) @ g2 / np.sum((g1 - g2) ** 2), 0, 1)
+        combined, _, w = _combine(m, jnp.asarray(g), jnp.ones(2), {}, m.init_state(2), _key())
+        np.testing.assert_allclose(w, [a1, 1 - a1], atol=1e-5)
+        np.testing.assert_allclose(combined, a1 * g1 + (1 - a1) * g2, atol=1e-5)
+
+
+def test_mgda_three_tasks_orthogonal_closed_form_and_grid_min_norm():
+    m = mtl.get_method("mgda")
+    g = np.zeros((3, 5), np.float32)
+    g[0, 0], g[1, 1], g[2, 2] = 1.0, 2.0, 0.5
+    _, _, w = _combine(m, jnp.asarray(g), jnp.ones(3), {}, m.init_state(3), _key())
+    ref = 1 / np.array([1.0, 4.0, 0.25])
+    np.testing.assert_allclose(w, ref / ref.sum(), atol=1e-5)
+
+    grid = _grid_simplex3(300)
+    rng = np.random.default_rng(4)
+    for _ in range(3):
+        g = (rng.normal(size=(3, 5)) + 0.4).astype(np.float32)
+        combined, _, w = _combine(m, jnp.asarray(g), jnp.ones(3), {}, m.init_state(3), _key())
+        assert np.all(np.asarray(w) >= 0) and abs(float(np.sum(w)) - 1) < 1e-5
+        grid_min = np.min(np.linalg.norm(grid @ g.astype(np.float64), axis=1))
+        assert np.linalg.norm(combined) <= grid_min + 1e-5
+
+
+def test_mgda_normalization_solves_on_normalised_and_combines_originals():
+    rng = np.random.default_rng(5)
+    g = (rng.normal(size=(3, 6)) * np.array([[0.1], [1.0], [5.0]])).astype(np.float32)
+    losses = np.array([0.5, 2.0, 1.0], np.float32)
+    norms = np.linalg.norm(g, axis=1)
+    min_norm = jax.jit(mtl.min_norm_weights)
+    for kind, scale in [("l2", norms), ("loss", losses), ("loss+", losses * norms)]:
+        m = mtl.get_method("mgda", normalization=kind)
+        combined, _, w = _combine(m, jnp.asarray(g), jnp.asarray(losses), {}, m.init_state(3),
+                                  _key())
+        alpha = min_norm(mtl.gram_matrix(g / scale[:, None]))
+        np.testing.assert_allclose(w, alpha, atol=1e-5)
+        np.testing.assert_allclose(combined, np.asarray(alpha) @ g, rtol=1e-4, atol=1e-5)
+    m = mtl.get_method("mgda", sum_scale=True)
+    _, _, w = _combine(m, jnp.asarray(g), jnp.asarray(losses), {}, m.init_state(3), _key())
+    np.testing.assert_allclose(np.sum(w), 3.0, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# PCGrad
+# ------------------------------------------------------------------------------------------------
+
+def _pcgrad_np(g: np.ndarray, orders: np.ndarray) -> np.ndarray:
+    """Vector-space PCGrad reference with explicit per-task orders."""
+    out = []
+    for i in range(len(g)):
+        gi = g[i].copy()
+        for j in orders[i]:
+            dot = gi @ g[j]
+            if dot < 0:
+                gi = gi - dot / (g[j] @ g[j]) * g[j]
+        out.append(gi)
+    return np.sum(out, axis=0)
+
+
+def test_pcgrad_two_tasks_closed_form_and_no_conflict_sum():
+    m = mtl.get_method("pcgrad")
+    g = np.array([[1.0, 0.5, 0.0], [-1.0, 1.0, 0.3]], np.float32)
+    g1, g2 = g.astype(np.float64)
+    dot = g1 @ g2
+    assert dot < 0
+    ref = (g1 - dot / (g2 @ g2) * g2) + (g2 - dot / (g1 @ g1) * g1)
+    for seed in range(2):
+        combined, _, _ = _combine(m, jnp.asarray(g), jnp.ones(2), {}, m.init_state(2),
+                                  _key(seed))
+        np.testing.assert_allclose(combined, ref, rtol=1e-5, atol=1e-6)
+    g_ok = np.array([[1.0, 0.5, 0.0], [0.2, 1.0, -0.3]], np.float32)
+    combined, _, w = _combine(m, jnp.asarray(g_ok), jnp.ones(2), {}, m.init_state(2), _key())
+    np.testing.assert_allclose(combined, g_ok.sum(0), rtol=1e-6)
+    np.testing.assert_allclose(w, [1.0, 1.0])
+
+
+def test_pcgrad_three_tasks_matches_numpy_with_the_same_orders():
+    m = mtl.get_method("pcgrad")
+    g = np.array([[1.0, 0.0, 0.2, -0.5], [-0.8, 0.9, 0.1, 0.3], [0.1, -1.0, 0.7, 0.6]],
+                 np.float32)
+    seen = set()
+    orders_fn = jax.jit(mtl.pcgrad_orders, static_argnums=1)
+    for seed in range(6):
+        orders = np.asarray(orders_fn(_key(seed), 3))
+        for i in range(3):
+            assert sorted(orders[i]) == [j for j in range(3) if j != i]
+        seen.add(orders.tobytes())
+        combined, _, w = _combine(m, jnp.asarray(g), jnp.ones(3), {}, m.init_state(3),
+                                  _key(seed))
+        ref = _pcgrad_np(g.astype(np.float64), orders)
+        np.testing.assert_allclose(combined, ref, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(w) @ g, ref, rtol=1e-5, atol=1e-6)
+    assert len(seen) > 1, "orders should change with the rng"
+    # The order matters for this input: at least two orders give different results.
+    results = {tuple(np.round(_pcgrad_np(g.astype(np.float64), np.array(o)), 6))
+               for o in itertools.product([(1, 2), (2, 1)], [(0, 2), (2, 0)], [(0, 1), (1, 0)])}
+    assert len(results) > 1
+
+
+# ------------------------------------------------------------------------------------------------
+# GradDrop
+# ------------------------------------------------------------------------------------------------
+
+def test_graddrop_matches_numpy_reference_and_limits():
+    rng = np.random.default_rng(6)
+    g = rng.normal(size=(3, 64)).astype(np.float32)
+    key = _key(7)
+    m = mtl.get_method("graddrop")
+    combined, _, w = _combine(m, jnp.asarray(g), jnp.ones(3), {}, m.init_state(3), key)
+    u = np.asarray(jax.random.uniform(key, (64,)), np.float64)
+    g64 = g.astype(np.float64)
+    p = 0.5 * (1 + g64.sum(0) / np.abs(g64).sum(0))
+    mask = np.where(g64 > 0, (u < p)[None], (u >= p)[None])
+    ref = (g64 * mask).sum(0)
+    np.testing.assert_allclose(combined, ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(w, np.sum(g64 * mask * g64, 1) / np.sum(g64 ** 2, 1), rtol=1e-5)
+    assert 0.0 < np.abs(ref - g64.sum(0)).max()        # something was dropped
+
+    leak = (0.0, 0.5, 1.0)
+    m_leak = mtl.get_method("graddrop", leak=leak)
+    combined, _, _ = _combine(m_leak, jnp.asarray(g), jnp.ones(3), {}, m.init_state(3), key)
+    lk = np.array(leak)[:, None]
+    np.testing.assert_allclose(combined, (g64 * (mask + lk * (1 - mask))).sum(0),
+                               rtol=1e-5, atol=1e-6)
+    m_all = mtl.get_method("graddrop", leak=1.0)
+    combined, _, _ = _combine(m_all, jnp.asarray(g), jnp.ones(3), {}, m.init_state(3), key)
+    np.testing.assert_allclose(combined, g64.sum(0), rtol=1e-5, atol=1e-6)
+    g_pos = np.abs(g)
+    combined, _, w = _combine(m, jnp.asarray(g_pos), jnp.ones(3), {}, m.init_state(3), key)
+    np.testing.assert_allclose(combined, g_pos.sum(0), rtol=1e-6)   # P = 1 everywhere
+    np.testing.assert_allclose(w, np.ones(3))
+
+
+# ------------------------------------------------------------------------------------------------
+# IMTL
+# ------------------------------------------------------------------------------------------------
+
+def test_imtl_g_equal_projections_and_orthogonal_closed_form():
+    m = mtl.get_method("imtl_g")
+    rng = np.random.default_rng(8)
+    for t in (2, 3):
+        g = (rng.normal(size=(t, 6)) * rng.uniform(0.1, 5.0, size=(t, 1))).astype(np.float32)
+        combined, _, w = _combine(m, jnp.asarray(g), jnp.ones(t), {}, m.init_state(t), _key())
+        u = g / np.linalg.norm(g, axis=1, keepdims=True)
+        proj = u @ np.asarray(combined, np.float64)
+        np.testing.assert_allclose(proj, np.full(t, proj[0]), rtol=1e-4)
+        np.testing.assert_allclose(np.sum(w), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(w) @ g, combined, rtol=1e-5, atol=1e-6)
+    g = np.array([[3.0, 0.0, 0.0], [0.0, 0.5, 0.0]], np.float32)
+    _, _, w = _combine(m, jnp.asarray(g), jnp.ones(2), {}, m.init_state(2), _key())
+    np.testing.assert_allclose(w, np.array([0.5, 3.0]) / 3.5, rtol=1e-5)   # alpha ∝ (n2, n1)
+
+
+def test_imtl_h_is_imtl_g_on_scaled_gradients_with_loss_balance_scale_gradient():
+    m = mtl.get_method("imtl_h")
+    rng = np.random.default_rng(9)
+    g = rng.normal(size=(3, 6)).astype(np.float32)
+    losses = np.array([0.4, 1.7, 0.9], np.float32)
+    s = np.array([0.5, -0.2, 0.1], np.float32)
+    combined, p_grads, w = _combine(m, jnp.asarray(g), jnp.asarray(losses),
+                                    {"log_scales": jnp.asarray(s)}, m.init_state(3), _key())
+    scaled = np.exp(s)[:, None] * g
+    alpha = np.asarray(mtl.imtl_g_weights(mtl.gram_matrix(scaled)))
+    np.testing.assert_allclose(combined, alpha @ scaled, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(w, alpha * np.exp(s), rtol=1e-4)
+    np.testing.assert_allclose(p_grads["log_scales"], np.exp(s) * losses - 1, rtol=1e-5)
+    u = scaled / np.linalg.norm(scaled, axis=1, keepdims=True)
+    proj = u @ np.asarray(combined, np.float64)
+    np.testing.assert_allclose(proj, np.full(3, proj[0]), rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# CAGrad
+# ------------------------------------------------------------------------------------------------
+
+def _cagrad_objective_np(w: np.ndarray, gg: np.ndarray, c: float) -> np.ndarray:
+    """w^T GG b + c |g0| sqrt(w^T GG w + 1e-8) for each row of w (M, T), in normalised units."""
+    gg = gg / np.mean(np.diag(gg))
+    b = np.full(gg.shape[0], 1.0 / gg.shape[0])
+    g0 = np.sqrt(b @ gg @ b)
+    return w @ gg @ b + c * g0 * np.sqrt(np.einsum("mi,ij,mj->m", w, gg, w) + 1e-8)
+
+
+def test_cagrad_zero_c_gives_mean_and_solver_matches_grid_search():
+    rng = np.random.default_rng(10)
+    g = rng.normal(size=(3, 8)).astype(np.float32)
+    m0 = mtl.get_method("cagrad", c=0.0)
+    combined, _, w = _combine(m0, jnp.asarray(g), jnp.ones(3), {}, m0.init_state(3), _key())
+    np.testing.assert_allclose(combined, g.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(w, np.full(3, 1 / 3), rtol=1e-6)
+
+    solve = jax.jit(functools.partial(mtl.cagrad_solve, c=0.4))
+    grid = np.linspace(0.0, 1.0, 20001)
+    w2 = np.stack([grid, 1 - grid], axis=1)
+    for case in range(4):
+        g = rng.normal(size=(2, 6))
+        if case % 2:                                   # strongly conflicting pair
+            g[1] = -0.8 * g[0] + 0.2 * rng.normal(size=6)
+        gg = g @ g.T
+        w = np.asarray(solve(gg.astype(np.float32)), np.float64)
+        vals = _cagrad_objective_np(w2, gg, 0.4)
+        np.testing.assert_allclose(w[0], grid[np.argmin(vals)], atol=2e-3)
+        assert _cagrad_objective_np(w[None], gg, 0.4)[0] <= vals.min() + 1e-6
+
+
+def test_cagrad_combined_gradient_formula_rescale_and_sum_scale():
+    rng = np.random.default_rng(11)
+    g = rng.normal(size=(3, 8)).astype(np.float32)
+    g64 = g.astype(np.float64)
+    g0 = g64.mean(0)
+    w_solve = np.asarray(mtl.cagrad_solve(mtl.gram_matrix(g), 0.4), np.float64)
+    for rescale, div, sum_scale in [(0, 1.0, False), (1, 1.16, False), (2, 1.4, False),
+                                    (1, 1.16 / 3, True)]:
+        m = mtl.get_method("cagrad", c=0.4, rescale=rescale, sum_scale=sum_scale)
+        combined, _, weights = _combine(m, jnp.asarray(g), jnp.ones(3), {}, m.init_state(3),
+                                        _key())
+        # weights = (1/T + lambda w) / div: recover the solver's w and check the formula
+        # g = g0 + c |g0| / |G^T w| G^T w with it.
+        w = np.asarray(weights, np.float64) * div - 1 / 3
+        w = w / w.sum()
+        np.testing.assert_allclose(w, w_solve, atol=1e-3)
+        gw = w @ g64
+        ref = (g0 + 0.4 * np.linalg.norm(g0) / np.linalg.norm(gw) * gw) / div
+        np.testing.assert_allclose(combined, ref, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(combined, np.asarray(weights) @ g, rtol=1e-5, atol=1e-6)
+    # The combined direction conflicts less: its worst task improvement beats the mean's.
+    assert np.min(g64 @ np.asarray(combined)) > np.min(g64 @ (g0 / div)) - 1e-6
+
+
+# ------------------------------------------------------------------------------------------------
+# Every method: jit, finiteness on degenerate input, simplex projection, sharded input
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("t", [2, 3])
+def test_every_method_is_finite_for_zero_gradients_and_zero_losses(t):
+    for name in mtl.METHODS:
+        m = mtl.get_method(name, **({"steps_per_epoch": 1} if name == "dwa" else {}))
+        params = m.init_params(t)
+        state = m.init_state(t)
+        for losses in (jnp.zeros(t), jnp.ones(t)):
+            (combined, p_grads, w), new_state = _combine_and_update(
+                m, jnp.zeros((t, 5)), losses, params, state, _key())
+            assert combined.shape == (5,) and w.shape == (t,)
+            np.testing.assert_array_equal(combined, np.zeros(5))
+            leaves = [w, *jax.tree_util.tree_leaves(p_grads)]
+            assert all(np.all(np.isfinite(x)) for x in leaves), name
+            assert jax.tree_util.tree_structure(p_grads) == jax.tree_util.tree_structure(params)
+            if not m.uses_gradients:
+                value, w2, grads = _loss_and_grads(m, losses, params, state)
+                leaves = [value, w2, *jax.tree_util.tree_leaves(grads)]
+                assert all(np.all(np.isfinite(x)) for x in leaves), name
+            assert int(new_state["step"]) == 1
+            assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(new_state))
+
+
+def test_project_to_simplex_matches_known_projections():
+    cases = [([0.2, 0.3, 0.5], [0.2, 0.3, 0.5]), ([2.0, 0.0, 0.0], [1.0, 0.0, 0.0]),
+             ([0.5, 0.5, -3.0], [0.5, 0.5, 0.0]), ([1.0, 1.0, 1.0], [1 / 3, 1 / 3, 1 / 3]),
+             ([0.9, 0.6, -0.1], [0.65, 0.35, 0.0])]
+    proj = jax.jit(mtl.project_to_simplex)
+    for v, ref in cases:
+        np.testing.assert_allclose(proj(jnp.asarray(v)), ref, atol=1e-6)
+
+
+def test_combine_accepts_gradients_sharded_over_the_data_mesh(devices):
+    mesh = Mesh(np.asarray(devices), ("data",))
+    g = np.random.default_rng(12).normal(size=(3, 16)).astype(np.float32)
+    sharded = jax.device_put(g, NamedSharding(mesh, PartitionSpec(None, "data")))
+    # CAGrad's simplex weights are only determined to ~1e-4 in float32 (flat objective), so a
+    # different summation order of the sharded Gram matrix moves its result by that much.
+    for name, rtol in (("mgda", 1e-5), ("pcgrad", 1e-5), ("cagrad", 1e-3)):
+        m = mtl.get_method(name)
+        ref, _, _ = _combine(m, jnp.asarray(g), jnp.ones(3), {}, m.init_state(3), _key())
+        out, _, _ = _combine(m, sharded, jnp.ones(3), {}, m.init_state(3), _key())
+        np.testing.assert_allclose(out, ref, rtol=rtol, atol=rtol * 0.1)
