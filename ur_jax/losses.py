@@ -6,6 +6,10 @@ single-task networks and to distil them into one universal network
 Task and Domain Learning", IJCV 2023):
 
 * task losses: :func:`cross_entropy` (classification and dense labelling);
+* dense-prediction task losses with invalid-pixel handling (NYU-v2 /
+  Cityscapes): :func:`semantic_loss`, :func:`depth_loss`,
+  :func:`normal_loss`, dispatched by task name through
+  :func:`dense_task_loss`;
 * logit distillation: :func:`kd_kl` (temperature-scaled KL divergence);
 * feature distillation: :func:`normalized_l2`, :func:`cosine_distance`,
   :func:`linear_cka` and :func:`kernel_cka` (RBF kernel CKA, the default
@@ -41,6 +45,11 @@ __all__ = [
     "kernel_cka",
     "feature_loss",
     "FEATURE_LOSSES",
+    "semantic_loss",
+    "depth_loss",
+    "normal_loss",
+    "dense_task_loss",
+    "DENSE_TASK_LOSSES",
 ]
 
 # Relative threshold below which a centred Gram/kernel matrix is treated as
@@ -499,3 +508,198 @@ def feature_loss(name: str) -> FeatureLossFn:
             f"Unknown feature loss {name!r}; valid names are "
             f"{sorted(FEATURE_LOSSES)}."
         ) from None
+
+
+# --------------------------------------------------------------------------
+# Dense-prediction task losses (NYU-v2 / Cityscapes, MTAN conventions)
+# --------------------------------------------------------------------------
+
+
+def _example_weights(name: str, mask: ArrayLike | None, batch: int) -> jax.Array | None:
+    """Validate an optional per-example weight vector ``(B,)``; float32 or None."""
+    if mask is None:
+        return None
+    m = jnp.asarray(mask)
+    if m.shape != (batch,):
+        raise ValueError(
+            f"{name}: mask must hold one weight per example, shape ({batch},); found shape "
+            f"{tuple(m.shape)}. Pass e.g. batch['mask'] (1.0 real, 0.0 padding) or None."
+        )
+    return m.astype(jnp.float32)
+
+
+def _masked_pixel_mean(
+    values: jax.Array, valid: jax.Array, weights: jax.Array | None
+) -> jax.Array:
+    """``sum(w * v) / sum(w)`` over valid pixels, ``w`` = example weight; 0.0 if none.
+
+    ``values`` and ``valid`` share the shape ``(B, ...)``; ``weights`` is ``(B,)`` or
+    None (all ones). Positions that are not valid contribute neither to the sum nor to
+    the count, and receive exactly zero gradient. When the total weight is 0 the result
+    is exactly ``0.0`` with zero (finite) gradients.
+    """
+    w = valid.astype(jnp.float32)
+    if weights is not None:
+        w = w * weights.reshape((-1,) + (1,) * (values.ndim - 1))
+    total = jnp.sum(jnp.where(w != 0, values, 0.0) * w)
+    count = jnp.sum(w)
+    nonempty = count != 0
+    return jnp.where(nonempty, total / jnp.where(nonempty, count, 1.0), 0.0)
+
+
+def semantic_loss(
+    logits: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = None
+) -> jax.Array:
+    r"""Pixel-wise softmax cross-entropy over labelled pixels (semantic segmentation).
+
+    .. math::
+
+        \mathcal{L} = \frac{\sum_{b,p \in V} w_b\,
+                              (-\log \operatorname{softmax}(z_{b,p})_{y_{b,p}})}
+                           {\sum_{b,p \in V} w_b},
+        \qquad V = \{(b, p) : 0 \le y_{b,p} < C\}
+
+    Labels outside ``[0, C)`` (``-1`` = ignore in NYU-v2/Cityscapes) contribute nothing.
+
+    Args:
+      logits: float ``(B, H, W, C)`` (any ``(B, ..., C)``); computed in float32.
+      labels: integer ``(B, H, W)`` == ``logits.shape[:-1]``.
+      mask: optional ``(B,)`` float weight per example (0 for padding examples).
+
+    Returns:
+      float32 scalar, nats per pixel. ``0.0`` with zero gradients (never NaN) when no
+      pixel is valid (or every valid pixel has weight 0).
+
+    Raises:
+      ValueError: for mismatched shapes or non-integer labels.
+    """
+    logits = _f32(logits)
+    labels = jnp.asarray(labels)
+    if logits.ndim < 2 or labels.shape != logits.shape[:-1]:
+        raise ValueError(
+            "semantic_loss: expected logits (B, H, W, C) and labels (B, H, W) = "
+            f"logits.shape[:-1]; found logits {tuple(logits.shape)} and labels "
+            f"{tuple(labels.shape)}."
+        )
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(
+            f"semantic_loss: labels must be integers (int32, -1 = ignore); found dtype "
+            f"{labels.dtype}. Cast with labels.astype(jnp.int32)."
+        )
+    num_classes = logits.shape[-1]
+    weights = _example_weights("semantic_loss", mask, logits.shape[0])
+    valid = (labels >= 0) & (labels < num_classes)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    safe = jnp.clip(labels, 0, num_classes - 1)
+    nll = -jnp.take_along_axis(log_probs, safe[..., None], axis=-1)[..., 0]
+    return _masked_pixel_mean(nll, valid, weights)
+
+
+def _check_dense_pair(name: str, pred: jax.Array, target: jax.Array, channels: int) -> None:
+    if pred.shape != target.shape or pred.ndim < 2 or pred.shape[-1] != channels:
+        raise ValueError(
+            f"{name}: expected pred and target of the same shape (B, H, W, {channels}); "
+            f"found pred {tuple(pred.shape)} and target {tuple(target.shape)}."
+        )
+
+
+def depth_loss(pred: ArrayLike, target: ArrayLike, mask: ArrayLike | None = None) -> jax.Array:
+    r"""L1 depth loss over pixels with a valid (non-zero) ground truth.
+
+    .. math::
+
+        \mathcal{L} = \frac{\sum_{b,p \in V} w_b\, |\hat d_{b,p} - d_{b,p}|}
+                           {\sum_{b,p \in V} w_b},
+        \qquad V = \{(b, p) : d_{b,p} \neq 0\}
+
+    The same rule serves NYU-v2 (metric depth, metres) and Cityscapes (inverse depth).
+
+    Args:
+      pred: float ``(B, H, W, 1)`` predicted depth.
+      target: float ``(B, H, W, 1)`` ground truth, ``0`` = invalid.
+      mask: optional ``(B,)`` float weight per example (0 for padding examples).
+
+    Returns:
+      float32 scalar in the units of the depth. ``0.0`` with zero gradients when no pixel
+      is valid.
+
+    Raises:
+      ValueError: if the shapes differ or the last axis is not 1.
+    """
+    pred = _f32(pred)
+    target = _f32(target)
+    _check_dense_pair("depth_loss", pred, target, 1)
+    weights = _example_weights("depth_loss", mask, pred.shape[0])
+    valid = target != 0
+    return _masked_pixel_mean(jnp.abs(pred - target), valid, weights)
+
+
+def normal_loss(pred: ArrayLike, target: ArrayLike, mask: ArrayLike | None = None) -> jax.Array:
+    r"""Surface-normal loss: one minus the mean cosine similarity over valid pixels.
+
+    .. math::
+
+        \mathcal{L} = 1 - \frac{\sum_{b,p \in V} w_b\, \langle \hat n_{b,p}, n_{b,p} \rangle}
+                               {\sum_{b,p \in V} w_b},
+        \qquad V = \{(b, p) : n_{b,p} \neq \mathbf{0}\}
+
+    ``\hat n`` is the prediction L2-normalised again over channels (safely:
+    :func:`l2_normalize`, so a zero prediction gives cosine 0 and finite gradients). The
+    target is used as given, as in MTAN's loss: ground-truth normals are unit vectors
+    (after bilinear resizing they can be slightly shorter; they are not renormalised).
+    A pixel is valid when any of its three target channels is non-zero.
+
+    Args:
+      pred: float ``(B, H, W, 3)`` predicted normals.
+      target: float ``(B, H, W, 3)`` ground-truth unit normals, all-zero = invalid.
+      mask: optional ``(B,)`` float weight per example (0 for padding examples).
+
+    Returns:
+      float32 scalar in ``[0, 2]`` for unit targets. ``0.0`` with zero gradients when no
+      pixel is valid.
+
+    Raises:
+      ValueError: if the shapes differ or the last axis is not 3.
+    """
+    pred = _f32(pred)
+    target = _f32(target)
+    _check_dense_pair("normal_loss", pred, target, 3)
+    weights = _example_weights("normal_loss", mask, pred.shape[0])
+    valid = jnp.any(target != 0, axis=-1)
+    cos = jnp.sum(l2_normalize(pred) * target, axis=-1)
+    return _masked_pixel_mean(1.0 - cos, valid, weights)
+
+
+DENSE_TASK_LOSSES: dict[str, Callable[..., jax.Array]] = {
+    "semantic": semantic_loss,
+    "depth": depth_loss,
+    "normal": normal_loss,
+}
+
+
+def dense_task_loss(
+    task: str, pred: ArrayLike, target: ArrayLike, mask: ArrayLike | None = None
+) -> jax.Array:
+    """The task loss of one dense task: :func:`semantic_loss`, :func:`depth_loss` or
+    :func:`normal_loss` for ``task`` = ``'semantic'``, ``'depth'`` or ``'normal'``.
+
+    Args:
+      task: the task name.
+      pred: the head's output (logits ``(B, H, W, C)``, depth ``(B, H, W, 1)`` or
+        normals ``(B, H, W, 3)``).
+      target: the batch entry of that task (labels ``(B, H, W)`` int32, depth or normals).
+      mask: optional ``(B,)`` float weight per example.
+
+    Returns:
+      float32 scalar (0.0 when no pixel is valid).
+
+    Raises:
+      ValueError: for an unknown task (the message lists the valid names).
+    """
+    try:
+        fn = DENSE_TASK_LOSSES[task]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"Unknown dense task {task!r}; valid tasks are {sorted(DENSE_TASK_LOSSES)}."
+        ) from None
+    return fn(pred, target, mask)
