@@ -5,7 +5,6 @@ conftest's XLA_FLAGS) is the reference; the in-process runs below reuse compilat
 through ur_jax.train's caches.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,24 +15,15 @@ import numpy as np
 import pytest
 
 from ur_jax import checkpointing, sharding, train
+from ur_jax.configs import load_config
 from ur_jax.data import embedded
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load_config(arg="smoke", **overrides):
-    spec = importlib.util.spec_from_file_location("default_config",
-                                                  os.path.join(ROOT, "configs", "default.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(arg)
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
+    path = os.path.join(ROOT, "configs", "default.py")
+    return load_config(f"{path}:{arg}" if arg else path, **overrides)
 
 
 @pytest.fixture(scope="module")

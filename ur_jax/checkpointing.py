@@ -23,15 +23,18 @@ import orbax.checkpoint as ocp
 from etils import epath
 from grain.checkpoint import CheckpointRestore, CheckpointSave  # registered with orbax
 
-from ur_jax.models import MultiHeadClassifier, get_backbone
+from ur_jax.models import MultiHeadClassifier, get_backbone, get_dense_model
 
 MODEL_FILE = "model.json"
 VARIABLES_DIR = "variables"
 
 
 def _state_tree(state: Any) -> dict[str, Any]:
-    return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
+    tree = {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
             "opt_state": state.opt_state}
+    if getattr(state, "mtl_state", None):  # ur_jax.dense_steps.DenseState
+        tree["mtl_state"] = state.mtl_state
+    return tree
 
 
 class Checkpointer:
@@ -98,8 +101,24 @@ def model_spec(backbone: str, backbone_kwargs: Mapping[str, Any],
             "num_classes": [[d, int(n)] for d, n in pairs], "feature": feature}
 
 
-def model_from_spec(spec: Mapping[str, Any]) -> MultiHeadClassifier:
-    """Builds the :class:`MultiHeadClassifier` that ``spec`` describes."""
+def dense_model_spec(model: str, model_kwargs: Mapping[str, Any],
+                     tasks: Mapping[str, int] | Any) -> dict[str, Any]:
+    """The JSON description of a dense model (:func:`ur_jax.models.get_dense_model`) with
+    heads ``{task: output channels}``, written next to its weights."""
+    pairs = list(tasks.items()) if isinstance(tasks, Mapping) else list(tasks)
+    return {"dense_model": model, "model_kwargs": dict(model_kwargs),
+            "tasks": [[t, int(n)] for t, n in pairs]}
+
+
+def model_from_spec(spec: Mapping[str, Any]) -> Any:
+    """Builds the model that ``spec`` describes: a :class:`MultiHeadClassifier`
+    (:func:`model_spec`) or a dense model (:func:`dense_model_spec`)."""
+    if "dense_model" in spec:
+        # JSON turns tuples into lists; modules must stay hashable (compiled-step caches).
+        kwargs = {k: tuple(v) if isinstance(v, list) else v
+                  for k, v in dict(spec.get("model_kwargs", {})).items()}
+        return get_dense_model(spec["dense_model"],
+                               tasks=tuple((t, int(n)) for t, n in spec["tasks"]), **kwargs)
     backbone = get_backbone(spec["backbone"], **dict(spec.get("backbone_kwargs", {})))
     return MultiHeadClassifier(backbone, tuple((d, int(n)) for d, n in spec["num_classes"]),
                                feature=spec.get("feature", "pooled"))
@@ -122,8 +141,7 @@ def load_model(directory: str, expected: Mapping[str, Any] | None = None,
     spec = json.loads((path / MODEL_FILE).read_text())
     if expected is not None:
         diffs = [f"{k}: expected {expected[k]!r}, found {spec.get(k)!r}"
-                 for k in ("backbone", "backbone_kwargs", "num_classes", "feature")
-                 if k in expected and _jsonable(expected[k]) != _jsonable(spec.get(k))]
+                 for k in expected if _jsonable(expected[k]) != _jsonable(spec.get(k))]
         if diffs:
             raise ValueError(f"The model in {os.fspath(path)} does not match what the config "
                              f"needs:\n  " + "\n  ".join(diffs))
@@ -142,7 +160,10 @@ def _check_shapes(model: MultiHeadClassifier, variables: Mapping[str, Any], spec
     """Refuses variables whose tree or shapes differ from the architecture's."""
     import jax.numpy as jnp
 
-    probe = {d: jnp.zeros((1, 32, 32, 3), jnp.float32) for d in model.domains}
+    if "dense_model" in spec:
+        probe = jnp.zeros((1, 32, 32, 3), jnp.float32)
+    else:
+        probe = {d: jnp.zeros((1, 32, 32, 3), jnp.float32) for d in model.domains}
     abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), probe, train=False))
     want = {jax.tree_util.keystr(p): tuple(x.shape)
             for p, x in jax.tree_util.tree_leaves_with_path(dict(abstract))}
@@ -155,4 +176,4 @@ def _check_shapes(model: MultiHeadClassifier, variables: Mapping[str, Any], spec
     if problems:
         shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
         raise ValueError(f"The variables in {os.fspath(path)} do not fit the architecture in its "
-                         f"{MODEL_FILE} ({spec['backbone']}):\n  " + "\n  ".join(shown))
+                         f"{MODEL_FILE} ({spec.get('backbone') or spec.get('dense_model')}):\n  " + "\n  ".join(shown))

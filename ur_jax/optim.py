@@ -82,6 +82,12 @@ def partitioned(transforms: Mapping[str, optax.GradientTransformation],
     return optax.multi_transform(transforms, labels)
 
 
+def top_level_labels(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Labels every leaf with its top-level key: ``{'student': ..., 'adapters': ...}`` ->
+    the same tree of ``'student'`` / ``'adapters'`` (a label function for :func:`partitioned`)."""
+    return {key: jax.tree.map(lambda _, key=key: key, value) for key, value in params.items()}
+
+
 def trainable_mask(tree: Any, pattern: str) -> Any:
     """A boolean tree: ``True`` where the leaf's path matches ``pattern`` (for ``optax.masked``)."""
     regex = re.compile(pattern)

@@ -39,7 +39,7 @@ from jax.sharding import Mesh
 from ur_jax import losses, sharding
 from ur_jax.adapters import AlignmentAdapters
 from ur_jax.models import MultiHeadClassifier
-from ur_jax.optim import partitioned
+from ur_jax.optim import partitioned, top_level_labels
 from ur_jax.teachers import TeacherBank
 
 Array = Any
@@ -84,7 +84,7 @@ def distill_tx(student_tx: optax.GradientTransformation,
     """The distillation optimizer: ``student_tx`` on ``params['student']``, ``adapter_tx`` on
     ``params['adapters']``."""
     return partitioned({"student": student_tx, "adapters": adapter_tx},
-                       lambda params: {k: jax.tree.map(lambda _: k, v) for k, v in params.items()})
+                       top_level_labels)
 
 
 def _check_batch(batch: Batch, domains: tuple[str, ...]) -> None:

@@ -1,9 +1,10 @@
-"""Which data a config trains and evaluates on: dataset name -> per-domain sources.
+"""Which data a config trains and evaluates on: dataset name -> sources.
 
-``config.dataset`` names a loader registered here; each returns a
-:class:`ClassificationData` of random-access sources (``tfds.data_source``) per domain.
-Later datasets (the Decathlon, Meta-Dataset) register their own loaders with
-:func:`register`.
+``config.dataset`` names a loader registered here. Classification loaders return a
+:class:`ClassificationData` of random-access sources (``tfds.data_source``) per domain;
+later datasets (the Decathlon, Meta-Dataset) register theirs with :func:`register`.
+Dense loaders (``scenes``, ``nyuv2``, ``cityscapes7``, ``cityscapes19``) return a
+:class:`DenseData`; add one with :func:`register_dense`.
 """
 
 from __future__ import annotations
@@ -79,3 +80,102 @@ def _embedded(config) -> ClassificationData:
 
 
 register("embedded", _embedded)
+
+
+# ----------------------------------------------------------------------------- dense tasks
+
+DenseLoader = Callable[[Any], "DenseData"]
+_DENSE_LOADERS: dict[str, DenseLoader] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseData:
+    """The sources of a multi-task dense-prediction dataset.
+
+    Attributes:
+      train, test: random-access sources of dense records (``image``, ``semantic``,
+        ``depth``, ``normal``; see :mod:`ur_jax.data.dense`).
+      tasks: the tasks the dataset has, e.g. ``('semantic', 'depth', 'normal')``.
+      num_classes: semantic classes.
+      image_shape: ``(H, W, 3)``.
+      depth_kind: ``'depth'`` (metric depth: divided by the scale-crop factor) or
+        ``'inverse_depth'`` (multiplied by it).
+      reference: published single-task results ``{task: {metric: value}}`` to compute
+        Delta_MTL against, if any.
+    """
+
+    train: Any
+    test: Any
+    tasks: tuple[str, ...]
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    depth_kind: str = "depth"
+    reference: Mapping[str, Mapping[str, float]] | None = None
+
+
+def register_dense(name: str, loader: DenseLoader) -> None:
+    """Makes ``config.dataset = name`` (in a dense config) use ``loader(config)``."""
+    if name in _DENSE_LOADERS:
+        raise ValueError(f"A dense dataset loader named {name!r} is already registered.")
+    _DENSE_LOADERS[name] = loader
+
+
+def dense_datasets() -> list[str]:
+    """The names ``config.dataset`` may take in a dense config."""
+    return sorted(_DENSE_LOADERS)
+
+
+def load_dense(config) -> DenseData:
+    """The :class:`DenseData` for ``config.dataset`` (prepared on first use)."""
+    try:
+        loader = _DENSE_LOADERS[config.dataset]
+    except KeyError:
+        raise ValueError(f"Unknown dense dataset {config.dataset!r}; known: "
+                         f"{dense_datasets()}.") from None
+    return loader(config)
+
+
+def _manual_dir(config) -> str | None:
+    """``config.manual_dir`` as an absolute path; ``None`` if unset (fine once prepared)."""
+    path = config.get("manual_dir") or ""
+    return os.path.abspath(os.path.expanduser(path)) if path else None
+
+
+def _scenes(config) -> DenseData:
+    from ur_jax.data import scenes
+
+    root = data_dir(config)
+    variant = config.get("scenes_config") or "default"  # 'tiny': 24 / 8 images, for tests
+    scenes.prepare(root, variant)
+    return DenseData(train=scenes.data_source("train", root, variant),
+                     test=scenes.data_source("test", root, variant),
+                     tasks=tuple(scenes.TASKS), num_classes=scenes.NUM_CLASSES,
+                     image_shape=tuple(scenes.IMAGE_SHAPE))
+
+
+def _mtan(name: str, depth_kind: str, reference=None) -> DenseLoader:
+    def load(config) -> DenseData:
+        from ur_jax.data import dense
+
+        root = data_dir(config)
+        dense.prepare_dense(name, _manual_dir(config), root)
+        train = dense.dense_source(name, "train", root)
+        example = train[0]
+        return DenseData(train=train, test=dense.dense_source(name, "test", root),
+                         tasks=tuple(dense.TASKS[name]), num_classes=dense.NUM_CLASSES[name],
+                         image_shape=tuple(example["image"].shape), depth_kind=depth_kind,
+                         reference=reference() if reference else None)
+
+    return load
+
+
+def _nyuv2_reference():
+    from ur_jax.evaluation import dense as dense_eval
+
+    return dense_eval.NYUV2_STL_REFERENCE
+
+
+register_dense("scenes", _scenes)
+register_dense("nyuv2", _mtan("nyuv2", "depth", _nyuv2_reference))
+register_dense("cityscapes7", _mtan("cityscapes7", "inverse_depth"))
+register_dense("cityscapes19", _mtan("cityscapes19", "inverse_depth"))

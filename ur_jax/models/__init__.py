@@ -1,18 +1,34 @@
-"""Flax Linen models: ResNet backbones with named features, heads, and a name registry.
+"""Flax Linen models: ResNet backbones with named features, heads, dense-prediction
+networks (SegNet, DeepLab-v3 ResNet-50), and name registries.
 
 >>> backbone = get_backbone('resnet18_metadataset', width=0.25)
 >>> model = MultiHeadClassifier(backbone, num_classes=(('omniglot', 10),))
+>>> segnet = get_dense_model('segnet', tasks=(('semantic', 13), ('depth', 1)), width=0.5)
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 
 from ur_jax.models.heads import Heads, MultiHeadClassifier
-from ur_jax.models.resnet import (BasicBlock, Bottleneck, ResNet, ResNet18, ResNet18MetaDataset,
-                                  ResNet34, ResNet50)
+from ur_jax.models.resnet import (
+    BasicBlock,
+    Bottleneck,
+    ResNet,
+    ResNet18,
+    ResNet18MetaDataset,
+    ResNet34,
+    ResNet50,
+)
+from ur_jax.models.segnet import (
+    DeepLabV3ResNet50,
+    SegNet,
+    max_pool_with_indices,
+    max_unpool,
+)
 
 _BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "resnet18": ResNet18,
@@ -43,6 +59,28 @@ def get_backbone(name: str, **kwargs: Any) -> nn.Module:
     return constructor(**kwargs)
 
 
-__all__ = ["BasicBlock", "Bottleneck", "Heads", "MultiHeadClassifier", "ResNet", "ResNet18",
-           "ResNet18MetaDataset", "ResNet34", "ResNet50", "backbone_names", "get_backbone",
-           "register_backbone"]
+_DENSE_MODELS: dict[str, Callable[..., nn.Module]] = {
+    "segnet": SegNet,
+    "deeplabv3_resnet50": DeepLabV3ResNet50,
+}
+
+
+def dense_model_names() -> list[str]:
+    """Names accepted by :func:`get_dense_model`."""
+    return sorted(_DENSE_MODELS)
+
+
+def get_dense_model(name: str, **kwargs: Any) -> nn.Module:
+    """Builds a registered dense model, e.g. ``get_dense_model('segnet', tasks=..., width=1.0)``:
+    a module mapping images to ``(predictions, features)``."""
+    try:
+        constructor = _DENSE_MODELS[name]
+    except KeyError:
+        raise ValueError(f"Unknown dense model {name!r}; known: {dense_model_names()}.") from None
+    return constructor(**kwargs)
+
+
+__all__ = ["BasicBlock", "Bottleneck", "DeepLabV3ResNet50", "Heads", "MultiHeadClassifier",
+           "ResNet", "ResNet18", "ResNet18MetaDataset", "ResNet34", "ResNet50", "SegNet",
+           "backbone_names", "dense_model_names", "get_backbone", "get_dense_model",
+           "max_pool_with_indices", "max_unpool", "register_backbone"]

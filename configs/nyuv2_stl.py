@@ -1,0 +1,34 @@
+"""NYU-v2 single-task teacher (SegNet): one of semantic / depth / normal, MTAN's recipe.
+
+Data: MTAN's preprocessed NYU-v2 (288x384, 795 train / 654 test, 13 classes; download link in
+https://github.com/lorenmt/mtan), unpacked so that PATH/train/image/0.npy exists.
+
+Run (one GPU; the paper's recipe: batch 2, 200 epochs, Adam 1e-4 halved after 100 epochs):
+
+    python -m ur_jax.main --config configs/nyuv2_stl.py:semantic --workdir runs/nyuv2_stl_semantic \\
+        --config.manual_dir=PATH [--config.data_dir=DIR]
+
+and the same with :depth and :normal. The teacher is saved to
+runs/nyuv2_stl_<task>/teachers/<task>/model, which nyuv2_url.py and nyuv2_mtl.py take as
+--config.teachers.checkpoints.<task>=... .
+
+Expected (PAPER.md §1, STL row): semantic mIoU 40.54 %, depth abs err 0.6276, normal mean
+angle 24.28 deg (not yet reproduced here: no GPU run of this config has been made).
+
+`:semantic,smoke` (or :depth,smoke / :normal,smoke) is a seconds-long run of the same code
+path on a tiny SegNet, used by the tests on fake data.
+"""
+
+from __future__ import annotations
+
+from ur_jax import dense_config
+
+
+def get_config(arg: str | None = None):
+    """``arg``: ``semantic``, ``depth`` or ``normal``, optionally followed by ``,smoke``."""
+    task, smoke = dense_config.parse_args(arg, ("semantic", "depth", "normal"), "nyuv2_stl.py")
+    c = dense_config.base("nyuv2")
+    c.tasks = (task,)
+    c.stages = ("stl",)
+    c.teachers.checkpoints = {task: ""}
+    return dense_config.shrink_to_smoke(c, batch_size=8) if smoke else c

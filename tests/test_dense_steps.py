@@ -1,0 +1,207 @@
+"""Tests of the dense steps (ur_jax.dense_steps): multi-task baselines inside one jitted step,
+URL distillation for dense tasks, and evaluation sums.
+
+A two-level SegNet (4 and 8 channels) on 32x32 images keeps every compilation short.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ur_jax import dense_steps, losses, mtl, optim, sharding
+from ur_jax.adapters import AlignmentAdapters
+from ur_jax.evaluation import dense as dense_eval
+from ur_jax.models import SegNet
+
+TASKS = ("semantic", "depth", "normal")
+CLASSES = 5
+MODEL = SegNet(tasks=(("semantic", CLASSES), ("depth", 1), ("normal", 3)), filters=(4, 8))
+B, H, W = 8, 32, 32
+
+
+def _batch(seed: int, n: int = B) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    semantic = rng.integers(-1, CLASSES, (n, H, W)).astype(np.int32)
+    depth = rng.uniform(0.5, 5.0, (n, H, W, 1)).astype(np.float32)
+    depth[rng.random((n, H, W)) < 0.2] = 0.0
+    normal = rng.normal(size=(n, H, W, 3)).astype(np.float32)
+    normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
+    normal[rng.random((n, H, W)) < 0.2] = 0.0
+    return {"image": rng.uniform(0, 1, (n, H, W, 3)).astype(np.float32), "semantic": semantic,
+            "depth": depth, "normal": normal}
+
+
+@pytest.fixture(scope="module")
+def variables():
+    return jax.jit(lambda r, x: MODEL.init(r, x, train=False))(
+        jax.random.key(0, impl="rbg"), jnp.zeros((1, H, W, 3)))
+
+
+def _state(variables, method, lr: float = 1e-2):
+    # Host copies: data-parallel steps donate their state, which must not delete the fixture.
+    return dense_steps.init_mtl_state(jax.device_get(variables), method, len(TASKS),
+                                      optim.sgd(lr, momentum=0.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class _SumOfGradients:
+    """A gradient 'method' that adds the task gradients: must reproduce uniform exactly."""
+
+    space: str
+    name: str = "sum"
+    uses_gradients: bool = True
+
+    def init_params(self, num_tasks):
+        return {}
+
+    def init_state(self, num_tasks):
+        return {}
+
+    def combine(self, grads, losses_, params, state, rng):
+        return grads.sum(0), {}, jnp.ones(grads.shape[0])
+
+    def update_state(self, state, losses_):
+        return state
+
+
+@pytest.mark.parametrize("space", ["params", "features"])
+def test_per_task_gradients_add_up_to_the_uniform_gradient(variables, space):
+    """The vmapped pullbacks, the flattening and the head split are exact: summing the T
+    per-task gradients (shared parameters or shared feature) is the uniform update."""
+    batch = _batch(1)
+    uniform = mtl.get_method("uniform")
+    ref_state, ref_metrics = jax.jit(dense_steps.make_mtl_step(MODEL, TASKS, uniform))(
+        _state(variables, uniform), batch)
+    method = _SumOfGradients(space)
+    state, metrics = jax.jit(dense_steps.make_mtl_step(MODEL, TASKS, method))(
+        _state(variables, method), batch)
+    np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=1e-6)
+    (preds, _), _ = MODEL.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
+    for t in TASKS:  # the step's task losses are the loss functions on the training forward
+        np.testing.assert_allclose(metrics[f"task_loss/{t}"],
+                                   losses.dense_task_loss(t, preds[t], batch[t]), rtol=1e-5)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(state.params["model"]),
+                            jax.tree.leaves(ref_state.params["model"])):
+        np.testing.assert_allclose(a, b, atol=2e-6, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
+    for a, b in zip(jax.tree.leaves(state.batch_stats), jax.tree.leaves(ref_state.batch_stats)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+#: One of each kind runs by default: a loss method with parameters, one with state, gradient
+#: methods with randomness, method gradients and feature-space gradients. All with -m slow.
+_DEFAULT_METHODS = ("uncertainty", "dwa", "pcgrad", "gradnorm", "graddrop")
+
+
+@pytest.mark.parametrize("name", [m if m in _DEFAULT_METHODS else
+                                  pytest.param(m, marks=pytest.mark.slow) for m in mtl.METHODS])
+def test_every_method_trains_data_parallel(variables, devices, name):
+    """Two steps of every baseline over 8 devices: finite, the state moves, the method's
+    state is carried (DWA rolls its epochs every step here)."""
+    options = {"steps_per_epoch": 1} if name == "dwa" else {}
+    method = mtl.get_method(name, **options)
+    mesh = sharding.make_mesh(devices)
+    step = sharding.jit_data_parallel(dense_steps.make_mtl_step(MODEL, TASKS, method, seed=3),
+                                      mesh, batch_argnums=(1,), num_args=2)
+    state0 = _state(variables, method)
+    before = jax.device_get(state0.params)
+    state = sharding.replicate(state0, mesh)
+    for i in range(2):
+        state, metrics = step(state, sharding.shard_batch(_batch(10 + i), mesh))
+    assert int(state.step) == 2
+    for k, v in jax.device_get(metrics).items():
+        assert np.all(np.isfinite(v)), (name, k, v)
+    leaves = jax.tree.leaves(jax.device_get(state.params))
+    assert all(np.all(np.isfinite(x)) for x in leaves)
+    moved = [not np.allclose(a, b) for a, b in zip(leaves, jax.tree.leaves(before))]
+    assert sum(moved) > len(moved) // 2, name
+
+
+def test_random_methods_are_the_same_on_one_and_eight_devices(variables, devices):
+    """PCGrad draws its task order from (seed, step): the result does not depend on the
+    number of devices."""
+    method = mtl.get_method("pcgrad")
+    batch = _batch(4)
+    out = []
+    for n in (1, 8):
+        mesh = sharding.make_mesh(devices[:n])
+        step = sharding.jit_data_parallel(dense_steps.make_mtl_step(MODEL, TASKS, method, seed=5),
+                                          mesh, batch_argnums=(1,), num_args=2)
+        state, _ = step(sharding.replicate(_state(variables, method), mesh),
+                        sharding.shard_batch(batch, mesh))
+        out.append(jax.device_get(state.params["model"]))
+    for a, b in zip(jax.tree.leaves(out[0]), jax.tree.leaves(out[1])):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_distill_step_matches_the_objective_written_out(variables):
+    """align_loss/<t>/<f> = normalized_l2(resize(adapter(student_f)), teacher decoder feature),
+    objective = sum of task losses + sum_t lambda_t * sum_f align; teachers stay frozen."""
+    teacher_models = {t: SegNet(tasks=((t, CLASSES if t == "semantic" else
+                                        {"depth": 1, "normal": 3}[t]),), filters=(6, 8))
+                      for t in TASKS}
+    teacher_vars = {t: m.init(jax.random.key(i + 1, impl="rbg"), jnp.zeros((1, H, W, 3)))
+                    for i, (t, m) in enumerate(teacher_models.items())}
+    width = teacher_models["semantic"].apply(teacher_vars["semantic"], jnp.zeros((1, H, W, 3))
+                                             )[1]["decoder"].shape[-1]
+    features = ("bottleneck", "decoder")
+    adapters = AlignmentAdapters(tuple((dense_steps.adapter_name(t, f), width)
+                                       for t in TASKS for f in features))
+    feats = MODEL.apply(variables, jnp.zeros((1, H, W, 3)))[1]
+    adapter_params = adapters.init(jax.random.key(9, impl="rbg"), {
+        dense_steps.adapter_name(t, f): jnp.zeros((1, feats[f].shape[-1]))
+        for t in TASKS for f in features})["params"]
+    config = dense_steps.DenseDistillConfig(lambdas={"semantic": 1.0, "depth": 1.0, "normal": 2.0})
+    tx = dense_steps.distill_tx(optim.sgd(0.1), optim.sgd(0.1))
+    state = dense_steps.DenseState.create({"student": variables["params"],
+                                           "adapters": adapter_params},
+                                          variables["batch_stats"], tx)
+    step = jax.jit(dense_steps.make_dense_distill_step(MODEL, adapters, teacher_models, config,
+                                                        TASKS))
+    batch = _batch(5)
+    new_state, metrics = step(state, teacher_vars, batch)
+
+    (preds, s_feats), _ = MODEL.apply(variables, batch["image"], train=True,
+                                      mutable=["batch_stats"])
+    adapted = adapters.apply({"params": adapter_params},
+                             {dense_steps.adapter_name(t, f): s_feats[f]
+                              for t in TASKS for f in features})
+    objective = sum(float(losses.dense_task_loss(t, preds[t], batch[t])) for t in TASKS)
+    for t in TASKS:
+        target = teacher_models[t].apply(teacher_vars[t], batch["image"])[1]["decoder"]
+        for f in features:
+            a = adapted[dense_steps.adapter_name(t, f)]
+            a = jax.image.resize(a, (B, H, W, a.shape[-1]), "bilinear")
+            an = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+            tn = target / np.maximum(np.linalg.norm(target, axis=-1, keepdims=True), 1e-12)
+            expected = np.mean(np.sum((an - tn) ** 2, -1))
+            np.testing.assert_allclose(metrics[f"align_loss/{t}/{f}"], expected, rtol=1e-4)
+            objective += config.lambdas[t] * expected
+    np.testing.assert_allclose(metrics["objective"], objective, rtol=1e-4)
+    assert int(new_state.step) == 1
+    changed = jax.tree.map(lambda a, b: bool(np.any(a != b)), new_state.params["adapters"],
+                           state.params["adapters"])
+    assert all(jax.tree.leaves(changed))
+
+
+def test_eval_sums_ignore_padding_and_add_up(variables):
+    """Two batches (the second half padding) give the metrics of the real examples alone."""
+    step = jax.jit(dense_steps.make_dense_eval_step(MODEL, TASKS, CLASSES))
+    real = _batch(6, 12)
+    first = {k: v[:8] for k, v in real.items()}
+    second = {k: np.concatenate([v[8:], _batch(7, 4)[k]]) for k, v in real.items()}
+    first["mask"] = np.ones(8, np.float32)
+    second["mask"] = np.array([1] * 4 + [0] * 4, np.float32)
+    stats = jax.tree.map(jnp.add, step(variables["params"], variables["batch_stats"], first),
+                         step(variables["params"], variables["batch_stats"], second))
+    (preds, _) = MODEL.apply(variables, real["image"])
+    for t in TASKS:
+        whole = dense_eval.task_stats(t, preds[t], real[t],
+                                      num_classes=CLASSES if t == "semantic" else None)
+        got, want = dense_eval.finalize(t, stats[t]), dense_eval.finalize(t, whole)
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-6, err_msg=f"{t} {k}")
