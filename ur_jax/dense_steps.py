@@ -222,6 +222,10 @@ def make_mtl_step(model, tasks: Sequence[str], method: mtl.MTLMethod, seed: int 
     def feature_space_grads(state: DenseState, batch: Batch, rng):
         backbone, heads = model.parts()
         params = state.params["model"]
+        if set(state.batch_stats or {}) - {BACKBONE}:
+            raise ValueError(f"Feature-space gradients need task heads without BatchNorm; this "
+                             f"model's heads have statistics ({sorted(state.batch_stats)}). Use "
+                             f"space='params'.")
         stats_in = state.batch_stats.get(BACKBONE, {}) if state.batch_stats else {}
 
         def encode(backbone_params):
