@@ -119,7 +119,9 @@ def model_from_spec(spec: Mapping[str, Any]) -> Any:
                   for k, v in dict(spec.get("model_kwargs", {})).items()}
         return get_dense_model(spec["dense_model"],
                                tasks=tuple((t, int(n)) for t, n in spec["tasks"]), **kwargs)
-    backbone = get_backbone(spec["backbone"], **dict(spec.get("backbone_kwargs", {})))
+    kwargs = {k: tuple(v) if isinstance(v, list) else v
+              for k, v in dict(spec.get("backbone_kwargs", {})).items()}
+    backbone = get_backbone(spec["backbone"], **kwargs)
     return MultiHeadClassifier(backbone, tuple((d, int(n)) for d, n in spec["num_classes"]),
                                feature=spec.get("feature", "pooled"))
 

@@ -50,7 +50,7 @@ from ur_jax import checkpointing, optim, sharding, steps
 from ur_jax.adapters import AlignmentAdapters
 from ur_jax.data import pipeline, registry
 from ur_jax.evaluation import fewshot as fewshot_lib
-from ur_jax.models import MultiHeadClassifier
+from ur_jax.models import MultiHeadClassifier, from_single_domain
 from ur_jax.teachers import stack_teachers
 
 STAGES = ("teachers", "mdl", "url", "fewshot")
@@ -61,7 +61,8 @@ CONFIG_FILE = "config.json"
 RESUMABLE_KEYS = ("log_every", "checkpoint_every", "keep_checkpoints", "data_threads",
                   "data_dir", "manual_dir")
 #: What ``overwrite`` removes from a workdir (nothing else is touched).
-RUN_OUTPUTS = ("checkpoints", "teachers", "tensorboard", RESULTS_FILE, CONFIG_FILE, "timing.json")
+RUN_OUTPUTS = ("checkpoints", "teachers", "selection", "predictions", "tensorboard", RESULTS_FILE,
+               CONFIG_FILE, "timing.json")
 
 
 class WorkdirError(RuntimeError):
@@ -156,35 +157,72 @@ def _seed(config, *path: int) -> int:
     return int(np.random.SeedSequence([int(config.seed), *path]).generate_state(1)[0] >> 1)
 
 
+SCHEDULES = ("cosine", "step")
+
+
 @functools.cache
-def _sgd(lr: float, steps_: int, warmup: int, momentum: float, weight_decay: float):
-    """SGD with linear warmup and cosine decay. Cached: runs with equal hyperparameters get
+def learning_rate_schedule(lr: float, steps_: int, warmup: int = 0, kind: str = "cosine",
+                           decay_at: tuple[float, ...] = (), decay_factor: float = 0.1
+                           ) -> optax.Schedule:
+    """A stage's learning-rate schedule: linear warmup over ``warmup`` steps, then
+
+    * ``'cosine'``: cosine decay to 0 at ``steps_``;
+    * ``'step'``: ``lr`` multiplied by ``decay_factor`` at each fraction ``decay_at`` of
+      the stage (the Decathlon recipe: x0.1 at epochs 80 and 100 of 120 is
+      ``decay_at=(80 / 120, 100 / 120)``).
+    """
+    if kind == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, lr, min(warmup, max(steps_ - 1, 0)),
+                                                  max(steps_, 1))
+    if kind != "step":
+        raise ValueError(f"Unknown learning-rate schedule {kind!r}; expected one of {SCHEDULES}.")
+    bad = [f for f in decay_at if not 0.0 < float(f) <= 1.0]
+    if bad:
+        raise ValueError(f"decay_at holds fractions of the stage in (0, 1]; found {bad}.")
+    steps_at = sorted(round(float(f) * steps_) for f in decay_at)
+    piecewise = optax.piecewise_constant_schedule(lr, {b: decay_factor for b in steps_at})
+    if warmup <= 0:
+        return piecewise
+    return lambda step: piecewise(step) * jnp.minimum(1.0, (step + 1) / warmup)
+
+
+@functools.cache
+def _sgd(lr: float, steps_: int, warmup: int, momentum: float, weight_decay: float,
+         kind: str = "cosine", decay_at: tuple[float, ...] = (), decay_factor: float = 0.1):
+    """SGD with :func:`learning_rate_schedule`. Cached: runs with equal hyperparameters get
     the *same* optimizer object, which is static in the train state, so their steps share
     one compilation."""
-    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, min(warmup, max(steps_ - 1, 0)),
-                                                  max(steps_, 1))
+    schedule = learning_rate_schedule(lr, steps_, warmup, kind, decay_at, decay_factor)
     return optim.sgd(schedule, momentum=momentum, weight_decay=weight_decay)
 
 
-def _stage_sgd(stage_config):
-    return _sgd(float(stage_config.learning_rate), int(stage_config.steps),
+def _stage_sgd(stage_config, domain: str | None = None):
+    """The stage's SGD; ``learning_rate`` and ``weight_decay`` may be per-domain mappings."""
+    return _sgd(float(stage_value(stage_config, "learning_rate", domain)), int(stage_config.steps),
                 int(stage_config.warmup_steps), float(stage_config.momentum),
-                float(stage_config.weight_decay))
+                float(stage_value(stage_config, "weight_decay", domain)),
+                stage_config.get("schedule", "cosine"),
+                tuple(float(f) for f in stage_config.get("decay_at", ())),
+                float(stage_config.get("decay_factor", 0.1)))
+
+
+def stage_value(stage_config, key: str, domain: str | None) -> Any:
+    """``stage_config[key]`` for ``domain``: one value for every domain, or a mapping
+    ``{domain: value}`` with an optional ``'default'`` (e.g. a larger ImageNet batch)."""
+    value = stage_config[key]
+    if isinstance(value, ml_collections.ConfigDict):
+        value = value.to_dict()
+    if isinstance(value, Mapping):
+        if domain not in value and "default" not in value:
+            raise ValueError(f"The {key} mapping {dict(value)} has no entry for {domain!r} "
+                             f"and no 'default'.")
+        value = value.get(domain, value.get("default"))
+    return value
 
 
 def batch_size(stage_config, domain: str) -> int:
-    """A stage's per-step batch size for ``domain``: ``stage_config.batch_size`` is one
-    number for every domain, or a mapping ``{domain: size}`` (with an optional
-    ``'default'``), e.g. a larger batch for ImageNet on Meta-Dataset."""
-    size = stage_config.batch_size
-    if isinstance(size, ml_collections.ConfigDict):
-        size = size.to_dict()
-    if isinstance(size, Mapping):
-        if domain not in size and "default" not in size:
-            raise ValueError(f"The batch_size mapping {dict(size)} has no entry for {domain!r} "
-                             f"and no 'default'.")
-        size = size.get(domain, size.get("default"))
-    return int(size)
+    """A stage's per-step batch size for ``domain`` (see :func:`stage_value`)."""
+    return int(stage_value(stage_config, "batch_size", domain))
 
 
 def _sample_images(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, jax.Array]:
@@ -222,9 +260,11 @@ def _features_fn(backbone, feature: str, mesh):
                                       donate_argnums=())
 
 
-def _init_model(model: MultiHeadClassifier, config, seed: int, image_shape) -> dict[str, Any]:
+def _init_model(model: MultiHeadClassifier, config, seed: int,
+                shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
+    """Fresh variables of ``model``; ``shapes``: ``{model domain: (H, W, C)}``."""
     rng = jax.random.key(seed, impl=config.init_rng_impl)
-    return _init_fn(model)(rng, _sample_images({d: image_shape for d in model.domains}))
+    return _init_fn(model)(rng, _sample_images({d: shapes[d] for d in model.domains}))
 
 
 def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
@@ -241,13 +281,16 @@ step_callbacks: list[Callable[[str, int, Any], None]] = []
 
 def fit(stage: str, step_fn: Callable[..., Any], state: steps.TrainState, dataset,
         num_steps: int, ckpt_dir: str, config, mesh, writer, examples_per_step: int,
-        teacher_vars: Any = None) -> steps.TrainState:
+        teacher_vars: Any = None, validate: Callable[[int, Any], None] | None = None,
+        validate_every: int = 0) -> steps.TrainState:
     """Runs ``step_fn`` until ``state.step == num_steps``, resuming from ``ckpt_dir``.
 
     ``step_fn`` is a :func:`ur_jax.steps.jit_step`-wrapped step; ``dataset`` the
     infinite batch dataset of :func:`ur_jax.data.pipeline.train_batches`. Logs averaged
     metrics every ``config.log_every`` steps, progress with throughput and an ETA, and
     saves ``(state, iterator)`` every ``config.checkpoint_every`` steps and at the end.
+    ``validate(step, state)`` runs every ``validate_every`` steps and at the end, before
+    that step's checkpoint (model selection; see :class:`BestModel`).
     """
     iterator = pipeline.iterate(dataset, num_threads=config.data_threads)
     ckpt = checkpointing.Checkpointer(ckpt_dir, keep=config.keep_checkpoints,
@@ -285,6 +328,9 @@ def fit(stage: str, step_fn: Callable[..., Any], state: steps.TrainState, datase
                 logging.info("[%s] step %d/%d  loss %.4f  %.0f examples/s", stage, step,
                              num_steps, scalars["loss"], scalars["examples_per_sec"])
                 history, t0, s0 = [], now, step
+            if validate is not None and validate_every and (step % validate_every == 0
+                                                            or step == num_steps):
+                validate(step, state)
             ckpt.save(step, state, iterator, force=step == num_steps)
             for callback in step_callbacks:
                 callback(stage, step, state)
@@ -294,37 +340,82 @@ def fit(stage: str, step_fn: Callable[..., Any], state: steps.TrainState, datase
         ckpt.close()
 
 
+@functools.cache
+def _predict_fn(model: MultiHeadClassifier, mesh):
+    def predict(params, batch_stats, images):
+        variables = {"params": params}
+        if jax.tree.leaves(batch_stats):
+            variables["batch_stats"] = batch_stats
+        _, logits = model.apply(variables, images, train=False)
+        return {d: jnp.argmax(lg, -1).astype(jnp.int32) for d, lg in logits.items()}
+
+    return sharding.jit_data_parallel(predict, mesh, batch_argnums=(2,), num_args=3,
+                                      donate_argnums=())
+
+
 def evaluate(model: MultiHeadClassifier, variables: Mapping[str, Any], sources: Mapping[str, Any],
-             config, mesh) -> dict[str, dict[str, float]]:
-    """Test accuracy (%) and mean cross-entropy of ``model`` on each domain of ``sources``.
+             config, mesh, transform: Mapping[str, Callable[..., Any]] | None = None,
+             normalize: Mapping[str, pipeline.Normalization] | None = None,
+             predictions: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+             ) -> dict[str, dict[str, float]]:
+    """Accuracy (%) and mean cross-entropy of ``model`` on each domain of ``sources``.
 
     All domains are evaluated in one compiled step over the data mesh; shorter splits are
-    padded with masked examples.
+    padded with masked examples, and examples without a label (``-1``, e.g. a challenge's
+    test set) are not counted: a domain with none has accuracy and loss ``None``.
+    ``transform`` / ``normalize``: per-domain preprocessing (``{domain: ...}``, keyed like
+    ``sources``). ``predictions``: a dict that receives ``{domain: (image_ids, predicted
+    labels)}`` (records need an ``'image_id'``) for exporting test predictions.
     """
     eval_step = _eval_step_fn(model, mesh)
     params = variables["params"]
     stats = variables.get("batch_stats", {})
-    iters = {d: pipeline.eval_batches(src, config.eval_batch_size, limit=config.eval_limit or None)
+    transform, normalize = transform or {}, normalize or {}
+    iters = {d: pipeline.eval_batches(src, config.eval_batch_size,
+                                      normalize.get(d, pipeline.Normalization()),
+                                      limit=config.eval_limit or None, transform=transform.get(d))
              for d, src in sources.items()}
     sums = None  # per-batch sums added on device: one host transfer at the end
+    collected: dict[str, list] = {d: [] for d in sources}
     while True:
         batch = {d: b for d, b in ((d, next(it, None)) for d, it in iters.items()) if b is not None}
         if not batch:
             break
+        ids = {d: b.pop("image_id", None) for d, b in batch.items()}
+        for b in batch.values():  # unlabelled examples are predicted but not scored
+            b["mask"] = b["mask"] * (b["label"] >= 0)
         filler = next(iter(batch.values()))
         for d in sources:  # exhausted domains: fully masked batches keep one compiled shape
             batch.setdefault(d, {**filler, "mask": np.zeros_like(filler["mask"])})
-        out = eval_step(params, stats, sharding.shard_batch(batch, mesh))
+        sharded = sharding.shard_batch(batch, mesh)
+        out = eval_step(params, stats, sharded)
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+        if predictions is not None:
+            pred = _predict_fn(model, mesh)(params, stats, {d: b["image"] for d, b in sharded.items()})
+            for d, i in ids.items():
+                if i is None:
+                    raise ValueError(f"Predictions need records with an 'image_id'; the {d!r} "
+                                     f"source has none.")
+                collected[d].append((i, pred[d]))
     totals = {k: float(v) for k, v in jax.device_get(sums).items()}
-    return {d: {"accuracy": 100.0 * totals[f"correct/{d}"] / totals[f"count/{d}"],
-                "loss": totals[f"loss_sum/{d}"] / totals[f"count/{d}"],
-                "examples": int(totals[f"count/{d}"])} for d in sources}
+    if predictions is not None:
+        for d, parts in collected.items():
+            image_ids = np.concatenate([i for i, _ in parts])
+            labels = np.concatenate([np.asarray(jax.device_get(p)) for _, p in parts])
+            keep = image_ids >= 0  # drop padding
+            predictions[d] = (image_ids[keep], labels[keep])
+    out = {}
+    for d in sources:
+        n = totals[f"count/{d}"]
+        out[d] = {"accuracy": 100.0 * totals[f"correct/{d}"] / n if n else None,
+                  "loss": totals[f"loss_sum/{d}"] / n if n else None, "examples": int(n)}
+    return out
 
 
 def _with_mean(per_domain: dict[str, dict[str, float]]) -> dict[str, Any]:
     out: dict[str, Any] = dict(per_domain)
-    out["mean"] = {k: float(np.mean([v[k] for v in per_domain.values()]))
+    out["mean"] = {k: (float(np.mean([v[k] for v in per_domain.values()]))
+                       if all(v[k] is not None for v in per_domain.values()) else None)
                    for k in ("accuracy", "loss")}
     return out
 
@@ -336,20 +427,113 @@ def _with_mean(per_domain: dict[str, dict[str, float]]) -> dict[str, Any]:
 _TEACHER_HEAD = "teacher"
 
 
-def _train_classifier(name: str, config, stage_config, model, sources, batch_sizes, image_shape,
-                      mesh, writer, workdir, seed_path, log_parameters: bool = True
-                      ) -> dict[str, Any]:
-    variables = _init_model(model, config, _seed(config, *seed_path), image_shape)
+def _student_kwargs(config) -> dict[str, Any]:
+    """The students' backbone kwargs: the teachers' plus ``config.model.student_kwargs``,
+    and per-domain parts for every training domain when ``config.model.per_domain``."""
+    kwargs = _backbone_kwargs(config)
+    extra = config.model.get("student_kwargs") or {}
+    kwargs.update(extra.to_dict() if hasattr(extra, "to_dict") else dict(extra))
+    if config.model.get("per_domain", False):
+        kwargs["domains"] = tuple(config.domains)
+    return kwargs
+
+
+def _inputs(data, names: Mapping[str, str]) -> dict[str, Any]:
+    """Per-domain input settings keyed by model domain; ``names``: ``{model domain: data
+    domain}`` (a teacher's head is ``'teacher'`` while it trains)."""
+    out: dict[str, Any] = {"shapes": {m: data.shape(d) for m, d in names.items()},
+                           "normalize": {m: data.normalize(d) for m, d in names.items()}}
+    if data.train_transform is not None:
+        out["augment"] = {m: data.train_transform[d] for m, d in names.items()}
+    if data.eval_transform is not None:
+        out["transform"] = {m: data.eval_transform[d] for m, d in names.items()}
+    return out
+
+
+class BestModel:
+    """Model selection on validation: keeps the variables with the best mean validation
+    accuracy seen at the :func:`fit` ``validate`` calls, on disk (``<directory>/model`` and
+    ``best.json``), so that a resumed run selects exactly as an uninterrupted one.
+
+    ``to_variables(state)``: the model's variables from a train state.
+    """
+
+    def __init__(self, directory: str, spec, model, sources, names, data, config, mesh, writer,
+                 stage: str, to_variables: Callable[[Any], dict[str, Any]]):
+        self.directory, self.spec, self.model, self.sources = directory, spec, model, sources
+        self.inputs, self.config, self.mesh, self.writer = _inputs(data, names), config, mesh, writer
+        self.stage, self.to_variables = stage, to_variables
+        self.record = os.path.join(directory, "best.json")
+
+    def best(self) -> dict[str, Any] | None:
+        """``{'step', 'accuracy'}`` of the selected model so far, or ``None``."""
+        if not os.path.exists(self.record):
+            return None
+        with open(self.record) as f:
+            return json.load(f)
+
+    def __call__(self, step: int, state: Any) -> None:
+        variables = jax.device_get(self.to_variables(state))
+        per_domain = evaluate(self.model, variables, self.sources, self.config, self.mesh,
+                              self.inputs.get("transform"), self.inputs["normalize"])
+        accuracy = float(np.mean([v["accuracy"] for v in per_domain.values()]))
+        self.writer.write_scalars(step, {f"{self.stage}/val_accuracy": accuracy})
+        best = self.best()
+        improved = best is None or accuracy > best["accuracy"] or best["step"] == step
+        logging.info("[%s] step %d: validation accuracy %.2f%%%s", self.stage, step, accuracy,
+                     " (best so far)" if improved else f" (best {best['accuracy']:.2f}% at step "
+                                                       f"{best['step']})")
+        if improved:
+            checkpointing.save_model(os.path.join(self.directory, "model"), self.spec, variables)
+            os.makedirs(self.directory, exist_ok=True)
+            _write_json(self.record, {"step": int(step), "accuracy": accuracy})
+
+    def load(self) -> dict[str, Any]:
+        """The selected model's variables."""
+        _, variables = checkpointing.load_model(os.path.join(self.directory, "model"),
+                                                expected=self.spec)
+        return variables
+
+
+def _selection(name: str, config, spec, model, data, names, to_variables, mesh, writer, workdir):
+    """A :class:`BestModel` for a stage, or ``None`` when selection is off (``config.
+    select_every == 0``) or the data has no validation split."""
+    if not config.get("select_every") or not data.val:
+        return None
+    sources = {m: data.val[d] for m, d in names.items()}
+    return BestModel(os.path.join(workdir, "selection", name), spec, model, sources, names, data,
+                     config, mesh, writer, name, to_variables)
+
+
+def _train_classifier(name: str, config, stage_config, model, data, names: Mapping[str, str],
+                      batch_sizes, mesh, writer, workdir, seed_path, spec,
+                      init: Mapping[str, Any] | None = None, lr_domain: str | None = None,
+                      log_parameters: bool = True) -> dict[str, Any]:
+    """Trains ``model`` on ``{model domain: data domain}`` ``names`` with the task losses;
+    starts from ``init`` (else fresh) and returns its variables (the validation-selected
+    ones when selection is on)."""
+    inputs = _inputs(data, names)
+    variables = _init_model(model, config, _seed(config, *seed_path), inputs["shapes"])
+    if init is not None:
+        variables = jax.tree.map(jnp.asarray, init)
     if log_parameters:
         parameter_overview.log_parameter_overview(variables["params"], msg=f"[{name}] parameters")
     state = steps.TrainState.create(variables["params"], variables.get("batch_stats", {}),
-                                    _stage_sgd(stage_config))
+                                    _stage_sgd(stage_config, lr_domain))
     state = sharding.replicate(state, mesh)
-    dataset = pipeline.train_batches(sources, batch_sizes, seed=_seed(config, *seed_path, 1),
-                                     augment=config.augment)
+    dataset = pipeline.train_batches({m: data.train[d] for m, d in names.items()}, batch_sizes,
+                                     seed=_seed(config, *seed_path, 1),
+                                     augment=inputs.get("augment", config.augment),
+                                     normalize=inputs["normalize"])
+    select = _selection(name, config, spec, model, data, names,
+                        lambda st: {"params": st.params, "batch_stats": st.batch_stats},
+                        mesh, writer, workdir)
     state = fit(name, _train_step_fn(model, mesh), state, dataset, stage_config.steps,
                 os.path.join(workdir, "checkpoints", name), config, mesh, writer,
-                examples_per_step=sum(batch_sizes.values()))
+                examples_per_step=sum(batch_sizes.values()), validate=select,
+                validate_every=int(config.get("select_every") or 0))
+    if select is not None:
+        return select.load()
     return {"params": state.params, "batch_stats": state.batch_stats}
 
 
@@ -361,50 +545,87 @@ def _rename_head(variables: Mapping[str, Any], old: str, new: str) -> dict[str, 
     return out
 
 
+def _finetune_init(source: Mapping[str, Any], fresh: Mapping[str, Any]) -> dict[str, Any]:
+    """A teacher's start when fine-tuning: ``source``'s backbone with ``fresh``'s head."""
+    return {c: {**dict(fresh[c]), "backbone": source[c]["backbone"]} if "backbone" in source.get(c, {})
+            else fresh[c] for c in fresh}
+
+
 def train_teachers(config, data, mesh, writer, workdir
                    ) -> tuple[dict[str, tuple[MultiHeadClassifier, dict]], dict[str, Any]]:
     """The ``teachers`` stage: ``{domain: (model, variables)}`` (trained, or loaded from
-    ``config.teachers.checkpoints``) and their test results."""
-    teachers, results = {}, {}
+    ``config.teachers.checkpoints``). With ``config.teachers.finetune_from`` naming a
+    domain (the Decathlon's ``'imagenet12'``), that teacher is trained first and every
+    other one starts from its backbone (a fresh head), with its own learning rate and
+    weight decay (``learning_rate`` / ``weight_decay`` may map domains to values)."""
+    teachers = {}
     paths = {d: p for d, p in dict(config.teachers.checkpoints).items() if p}
+    source = config.teachers.get("finetune_from") or ""
+    order = sorted(config.domains, key=lambda d: d != source)  # the source teacher first
     logged = False
-    for i, d in enumerate(config.domains):
+    for d in order:
+        i = list(config.domains).index(d)
         spec = _spec(config, {d: data.num_classes[d]})
         if d in paths:
             logging.info("[teacher_%s] loading %s", d, paths[d])
-            model, variables = checkpointing.load_model(paths[d], expected=spec)
-            teachers[d] = (model, variables)
-            results[d] = evaluate(model, variables, {d: data.test[d]}, config, mesh)[d]
+            teachers[d] = checkpointing.load_model(paths[d], expected=spec)
             continue
-        generic = checkpointing.model_from_spec(_spec(config, {_TEACHER_HEAD: data.num_classes[d]}))
-        variables = _train_classifier(f"teacher_{d}", config, config.teachers, generic,
-                                      {_TEACHER_HEAD: data.train[d]},
+        generic_spec = _spec(config, {_TEACHER_HEAD: data.num_classes[d]})
+        generic = checkpointing.model_from_spec(generic_spec)
+        init = None
+        if source and d != source:
+            fresh = _init_model(generic, config, _seed(config, 1, i),
+                                {_TEACHER_HEAD: data.shape(d)})
+            init = _finetune_init(teachers[source][1], fresh)
+            logging.info("[teacher_%s] fine-tuning from the %s teacher", d, source)
+        variables = _train_classifier(f"teacher_{d}", config, config.teachers, generic, data,
+                                      {_TEACHER_HEAD: d},
                                       {_TEACHER_HEAD: batch_size(config.teachers, d)},
-                                      data.image_shape, mesh, writer, workdir, (1, i),
-                                      log_parameters=not logged)
+                                      mesh, writer, workdir, (1, i), generic_spec, init=init,
+                                      lr_domain=d, log_parameters=not logged)
         logged = True
-        results[d] = evaluate(generic, variables, {_TEACHER_HEAD: data.test[d]}, config,
-                              mesh)[_TEACHER_HEAD]
         variables = _rename_head(variables, _TEACHER_HEAD, d)
         checkpointing.save_model(os.path.join(workdir, "teachers", d, "model"), spec,
                                  jax.device_get(variables))
         teachers[d] = (checkpointing.model_from_spec(spec), variables)
-        logging.info("[teacher_%s] test accuracy %.2f%%", d, results[d]["accuracy"])
-    return teachers, results
+    return {d: teachers[d] for d in config.domains}
+
+
+def _student_spec(config, data) -> dict[str, Any]:
+    return checkpointing.model_spec(config.model.backbone, _student_kwargs(config),
+                                    {d: data.num_classes[d] for d in config.domains})
 
 
 def _student(config, data) -> MultiHeadClassifier:
-    return checkpointing.model_from_spec(_spec(config, {d: data.num_classes[d]
-                                                        for d in config.domains}))
+    return checkpointing.model_from_spec(_student_spec(config, data))
 
 
-def train_mdl(config, data, mesh, writer, workdir):
+def _student_init(stage: str, config, data, student, teachers, seed_path) -> dict[str, Any]:
+    """A student's first variables: fresh, or from the teacher ``config.<stage>.init_from``
+    names (its backbone for every domain, per-domain BatchNorm included, and its head)."""
+    shapes = {d: data.shape(d) for d in config.domains}
+    variables = _init_model(student, config, _seed(config, *seed_path), shapes)
+    source = config[stage].get("init_from") or ""
+    if not source:
+        return variables
+    if not teachers or source not in teachers:
+        raise ValueError(f"config.{stage}.init_from={source!r} names no teacher of this run; "
+                         f"teachers: {sorted(teachers or {})}.")
+    variables, copied = from_single_domain(variables, teachers[source][1], config.domains,
+                                           heads={source: source})
+    logging.info("[%s] initialised %d arrays from the %s teacher", stage, copied, source)
+    return variables
+
+
+def train_mdl(config, data, mesh, writer, workdir, teachers=None):
     """The ``mdl`` stage: ``(model, variables)`` of the multi-domain baseline."""
     model = _student(config, data)
-    variables = _train_classifier("mdl", config, config.mdl, model,
-                                  {d: data.train[d] for d in config.domains},
+    init = _student_init("mdl", config, data, model, teachers, (2, 2))
+    variables = _train_classifier("mdl", config, config.mdl, model, data,
+                                  {d: d for d in config.domains},
                                   {d: batch_size(config.mdl, d) for d in config.domains},
-                                  data.image_shape, mesh, writer, workdir, (2,))
+                                  mesh, writer, workdir, (2,), _student_spec(config, data),
+                                  init=init)
     return model, variables
 
 
@@ -412,7 +633,9 @@ def _distill_config(config, domains) -> steps.DistillConfig:
     u = config.url
     anneal = None
     if u.anneal:
-        anneal = {d: optim.linear_anneal(int(u.anneal_steps or u.steps)) for d in domains}
+        every = int(u.get("anneal_every") or 1)
+        anneal = {d: optim.linear_anneal(int(u.anneal_steps or u.steps), every=every)
+                  for d in domains}
 
     def weights(table):
         table = dict(table)
@@ -429,8 +652,9 @@ def train_url(config, data, teachers, mesh, writer, workdir):
     domains = tuple(config.domains)
     student = _student(config, data)
     batch_sizes = {d: batch_size(u, d) for d in domains}
+    inputs = _inputs(data, {d: d for d in domains})
     bank, teacher_vars = stack_teachers(
-        teachers, image_shapes={d: (batch_sizes[d],) + tuple(data.image_shape) for d in domains},
+        teachers, image_shapes={d: (batch_sizes[d],) + data.shape(d) for d in domains},
         mode=config.teacher_mode)
     adapters = AlignmentAdapters(tuple((d, teachers[d][0].backbone.feature_dim) for d in domains),
                                  kind=u.adapter)
@@ -438,9 +662,9 @@ def train_url(config, data, teachers, mesh, writer, workdir):
         0.0, u.adapter_learning_rate, min(u.warmup_steps, max(u.steps - 1, 0)), max(u.steps, 1))
     state = steps.init_distill_state(
         student, adapters, jax.random.key(_seed(config, 3), impl=config.init_rng_impl),
-        _sample_images({d: data.image_shape for d in domains}), _stage_sgd(u),
+        _sample_images(inputs["shapes"]), _stage_sgd(u),
         optim.adam(adapter_schedule, weight_decay=u.adapter_weight_decay),
-        student_variables=_init_model(student, config, _seed(config, 3, 2), data.image_shape))
+        student_variables=_student_init("url", config, data, student, teachers, (3, 2)))
     parameter_overview.log_parameter_overview(state.params["adapters"],
                                               msg="[url] alignment adapters")
     state = sharding.replicate(state, mesh)
@@ -449,10 +673,19 @@ def train_url(config, data, teachers, mesh, writer, workdir):
                                                      _distill_config(config, domains)),
                              mesh, with_teachers=True)
     dataset = pipeline.train_batches({d: data.train[d] for d in domains}, batch_sizes,
-                                     seed=_seed(config, 3, 1), augment=config.augment)
+                                     seed=_seed(config, 3, 1),
+                                     augment=inputs.get("augment", config.augment),
+                                     normalize=inputs["normalize"])
+    select = _selection("url", config, _student_spec(config, data), student, data,
+                        {d: d for d in domains},
+                        lambda st: {"params": st.params["student"], "batch_stats": st.batch_stats},
+                        mesh, writer, workdir)
     state = fit("url", step_fn, state, dataset, u.steps, os.path.join(workdir, "checkpoints", "url"),
                 config, mesh, writer, examples_per_step=sum(batch_sizes.values()),
-                teacher_vars=teacher_vars)
+                teacher_vars=teacher_vars, validate=select,
+                validate_every=int(config.get("select_every") or 0))
+    if select is not None:
+        return student, select.load()
     return student, {"params": state.params["student"], "batch_stats": state.batch_stats}
 
 
@@ -506,17 +739,54 @@ def run_fewshot(config, data, models: Mapping[str, tuple[MultiHeadClassifier, di
 # ----------------------------------------------------------------------------- the run
 
 
+def decathlon_scores(results: Mapping[str, Any], config) -> dict[str, dict[str, float]]:
+    """Per model row: the decathlon score (error bounds from the paper's Finetune row, or
+    ``config.score_bounds`` ``{domain: Emax %}``), Delta_MDL against the run's own teachers
+    (``delta_mdl``) and against the paper's Finetune row (``delta_mdl_paper``)."""
+    from ur_jax.evaluation import decathlon as dec
+
+    bounds = dict(dec.ERROR_BOUNDS)
+    bounds.update({d: float(e) for d, e in dict(config.get("score_bounds") or {}).items()})
+    teachers = results.get("teachers") or {}
+    out = {}
+    for name in ("teachers", "mdl", "url"):
+        row = results.get(name)
+        if not row:
+            continue
+        acc = {d: row[d]["accuracy"] for d in config.domains}
+        entry = {"decathlon_score": dec.decathlon_score(acc, bounds)}
+        if teachers:
+            entry["delta_mdl"] = dec.delta_mdl(acc, {d: teachers[d]["accuracy"] for d in acc})
+        if set(acc) <= set(dec.FINETUNE_ACCURACY):
+            entry["delta_mdl_paper"] = dec.delta_mdl(acc)
+        out[name] = entry
+    return out
+
+
 def format_table(results: Mapping[str, Any]) -> str:
-    """The printed results: per-domain test accuracy of teachers / MDL / URL, and few-shot."""
+    """The printed results: per-domain accuracy of teachers / MDL / URL (with the decathlon
+    score and Delta_MDL when computed), and few-shot."""
     domains = [d for d in results["config"]["domains"]]
     rows = [(name, results[name]) for name in ("teachers", "mdl", "url") if results.get(name)]
     width = max(8, *(len(d) for d in domains))
-    lines = ["Test accuracy (%)",
-             f"{'':<10}" + "".join(f"{d:>{width + 2}}" for d in domains) + f"{'mean':>{width + 2}}"]
+    split = {"test": "Test", "val": "Validation"}[results.get("evaluated_on", "test")]
+    scores = results.get("scores") or {}
+    extra = f"{'score':>{9}}{'dMDL':>{8}}" if scores else ""
+    lines = [f"{split} accuracy (%)",
+             f"{'':<10}" + "".join(f"{d:>{width + 2}}" for d in domains) + f"{'mean':>{width + 2}}"
+             + extra]
     for name, res in rows:
         cells = "".join(f"{res[d]['accuracy']:>{width + 2}.2f}" if d in res else f"{'-':>{width + 2}}"
                         for d in domains)
-        lines.append(f"{name:<10}{cells}{res['mean']['accuracy']:>{width + 2}.2f}")
+        tail = ""
+        if name in scores:
+            sc = scores[name]
+            tail = f"{sc['decathlon_score']:>9.0f}" + (f"{sc['delta_mdl']:>+8.2f}" if "delta_mdl" in sc
+                                                      else f"{'-':>8}")
+        lines.append(f"{name:<10}{cells}{res['mean']['accuracy']:>{width + 2}.2f}{tail}")
+    if scores:
+        lines.append("score: decathlon score (max 1000 per domain); dMDL: Delta_MDL (%) vs the "
+                     "run's teachers")
     fs = results.get("fewshot")
     if fs:
         p = fs["protocol"]
@@ -559,6 +829,31 @@ def validate_config(config: ml_collections.ConfigDict, mesh: Mesh | None = None)
         if missing:
             raise ValueError(f"config.fewshot.pa_learning_rate has no rate for {missing} (0.1 "
                              f"for a seen domain, 1.0 for an unseen one).")
+    for key in ("teachers", "mdl", "url"):
+        kind = config[key].get("schedule", "cosine")
+        if kind not in SCHEDULES:
+            raise ValueError(f"config.{key}.schedule={kind!r}; expected one of {SCHEDULES}.")
+        for d in config.domains:
+            for name in ("learning_rate", "weight_decay"):
+                stage_value(config[key], name, d)  # a mapping without the domain raises here
+    source = config.teachers.get("finetune_from") or ""
+    if source and source not in config.domains:
+        raise ValueError(f"config.teachers.finetune_from={source!r} is not a training domain "
+                         f"({list(config.domains)}).")
+    for key in ("mdl", "url"):
+        init = config[key].get("init_from") or ""
+        if init and key in config.stages and (init not in config.domains
+                                              or "teachers" not in config.stages):
+            raise ValueError(f"config.{key}.init_from={init!r} needs the 'teachers' stage and "
+                             f"a training domain of that name (domains: {list(config.domains)}).")
+    select_every = int(config.get("select_every") or 0)
+    if select_every < 0 or (select_every and select_every % config.checkpoint_every):
+        raise ValueError(f"config.select_every={select_every} must be 0 (no model selection) or "
+                         f"a positive multiple of config.checkpoint_every="
+                         f"{config.checkpoint_every}, so that a resumed run selects exactly as "
+                         f"an uninterrupted one.")
+    if config.get("score") not in (None, "", "decathlon"):
+        raise ValueError(f"config.score={config.score!r}; expected '' or 'decathlon'.")
     needs = {"mdl": (), "url": ("teachers",), "fewshot": ()}
     for stage, required in needs.items():
         for r in required:
@@ -604,26 +899,61 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
     results: dict[str, Any] = {"config": json.loads(config.to_json_best_effort()),
                                "teachers": {}, "mdl": {}, "url": {}}
     t_start = time.perf_counter()
+    split = "test" if all(data.labelled(d) for d in config.domains) else "val"
+    results["evaluated_on"] = split
+    if split == "val":
+        logging.info("The test split of %s has no labels: results are on the validation split; "
+                     "test predictions go to %s.", [d for d in config.domains if not data.labelled(d)],
+                     os.path.join(workdir, "predictions"))
+
+    def report(name: str, models_: Mapping[str, tuple[MultiHeadClassifier, dict]]):
+        """Evaluates ``{domain: (model, variables)}`` (one model for every domain, or one per
+        domain) on ``split``; exports test predictions when the test split is unlabelled."""
+        per_domain, predictions = {}, {}
+        groups: dict[int, list[str]] = {}
+        for d, (model, _) in models_.items():
+            groups.setdefault(id(models_[d]), []).append(d)
+        for domains in groups.values():
+            model, variables = models_[domains[0]]
+            names = {d: d for d in domains}
+            inputs = _inputs(data, names)
+            sources = {d: (data.test if split == "test" else data.val)[d] for d in domains}
+            per_domain.update(evaluate(model, variables, sources, config, mesh,
+                                       inputs.get("transform"), inputs["normalize"]))
+            if split == "val" and data.export_predictions is not None:
+                evaluate(model, variables, {d: data.test[d] for d in domains}, config, mesh,
+                         inputs.get("transform"), inputs["normalize"], predictions=predictions)
+        if predictions:
+            path = data.export_predictions(
+                predictions, os.path.join(workdir, "predictions", f"{name}_test.json"))
+            logging.info("[%s] test predictions written to %s", name, path)
+        for d, v in per_domain.items():
+            logging.info("[%s] %s %s accuracy %.2f%%", name, d, split, v["accuracy"])
+        return _with_mean({d: per_domain[d] for d in config.domains if d in per_domain})
+
     try:
         teachers = None
         if "teachers" in config.stages:
-            teachers, per_domain = train_teachers(config, data, mesh, writer, workdir)
-            results["teachers"] = _with_mean(per_domain)
+            teachers = train_teachers(config, data, mesh, writer, workdir)
+            results["teachers"] = report("teachers", teachers)
         models = {}
         if "mdl" in config.stages:
-            models["mdl"] = train_mdl(config, data, mesh, writer, workdir)
-            results["mdl"] = _with_mean(evaluate(*models["mdl"], data.test, config, mesh))
+            models["mdl"] = train_mdl(config, data, mesh, writer, workdir, teachers)
+            results["mdl"] = report("mdl", {d: models["mdl"] for d in config.domains})
         if "url" in config.stages:
             models["url"] = train_url(config, data, teachers, mesh, writer, workdir)
-            results["url"] = _with_mean(evaluate(*models["url"], data.test, config, mesh))
+            results["url"] = report("url", {d: models["url"] for d in config.domains})
+        if config.get("score") == "decathlon":
+            results["scores"] = decathlon_scores(results, config)
         if "fewshot" in config.stages:
             chosen = {k: v for k, v in models.items() if k in config.fewshot.models}
             if chosen:
                 results["fewshot"] = run_fewshot(config, data, chosen, mesh)
         for name in ("teachers", "mdl", "url"):
             if results[name]:
-                writer.write_scalars(0, {f"test/{name}/{d}": v["accuracy"]
-                                         for d, v in results[name].items()})
+                writer.write_scalars(0, {f"{split}/{name}/{d}": v["accuracy"]
+                                         for d, v in results[name].items()
+                                         if v["accuracy"] is not None})
     finally:
         writer.close()
     _write_json(os.path.join(workdir, RESULTS_FILE), results)

@@ -17,7 +17,7 @@ record a dict ``{'image': uint8 (H, W, C), 'label': int}``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -81,9 +81,18 @@ def _to_arrays(normalize: Normalization):
     return convert
 
 
+def _per_domain(value: Any, domain: str, what: str) -> Any:
+    if isinstance(value, Mapping):
+        if domain not in value:
+            raise ValueError(f"No {what} for domain {domain!r}; given for {sorted(value)}.")
+        return value[domain]
+    return value
+
+
 def train_batches(sources: Mapping[str, Source], batch_sizes: Mapping[str, int], seed: int,
-                  augment: str = "none", pad: int = 2,
-                  normalize: Normalization = Normalization()) -> grain.MapDataset:
+                  augment: str | Mapping[str, Callable[..., Any]] = "none", pad: int = 2,
+                  normalize: Normalization | Mapping[str, Normalization] = Normalization()
+                  ) -> grain.MapDataset:
     """Infinite multi-domain training batches (see the module docstring).
 
     Args:
@@ -91,16 +100,23 @@ def train_batches(sources: Mapping[str, Source], batch_sizes: Mapping[str, int],
       batch_sizes: ``{domain: examples per step}``.
       seed: shuffling and augmentation seed (each domain derives its own).
       augment: one of :data:`AUGMENTATIONS` (random ``pad``-pixel translation by
-        reflect-padding and cropping; optionally horizontal flips).
-      normalize: how uint8 images become float32.
+        reflect-padding and cropping; optionally horizontal flips), or per domain a
+        function ``(record, rng: np.random.Generator) -> {'image': uint8 (H, W, C),
+        'label'}`` (e.g. the Decathlon's decode, resize, crop and flip).
+      normalize: how uint8 images become float32: one :class:`Normalization`, or one per
+        domain.
     """
     _check_sources(sources, batch_sizes)
     per_domain = []
     for i, (d, src) in enumerate(sources.items()):
         ds = grain.MapDataset.source(src).seed(int(seed) * 1009 + i).shuffle().repeat()
-        if augment != "none":
-            ds = ds.random_map(_augment(augment, pad))
-        ds = ds.batch(int(batch_sizes[d]), drop_remainder=True).map(_to_arrays(normalize))
+        transform = _per_domain(augment, d, "augmentation")
+        if callable(transform):
+            ds = ds.random_map(transform)
+        elif transform != "none":
+            ds = ds.random_map(_augment(transform, pad))
+        ds = ds.batch(int(batch_sizes[d]), drop_remainder=True).map(
+            _to_arrays(_per_domain(normalize, d, "normalization")))
         per_domain.append(ds)
     names = list(sources)
     # "Infinite" datasets have length sys.maxsize // batch size, which differs between
@@ -124,20 +140,26 @@ def iterate(dataset: grain.MapDataset, num_threads: int = 2,
 
 def eval_batches(source: Source, batch_size: int,
                  normalize: Normalization = Normalization(),
-                 limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+                 limit: int | None = None,
+                 transform: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
+                 ) -> Iterator[dict[str, np.ndarray]]:
     """The split once, in order, in batches of exactly ``batch_size``.
 
     Each batch has ``'image'``, ``'label'`` and ``'mask'`` (float32, 1 for real
     examples); the last batch is padded with copies of the first example (mask 0,
-    label -1). ``limit``: use only the first ``limit`` examples.
+    label -1). ``limit``: use only the first ``limit`` examples. ``transform``: a
+    per-record function applied first (e.g. decode and centre-crop); an ``'image_id'``
+    it or the source provides is passed through (padding: -1).
     """
     n = len(source) if limit is None else min(int(limit), len(source))
     if n < 1:
         raise ValueError("Cannot evaluate on an empty split.")
     if batch_size < 1:
         raise ValueError(f"Evaluation batch size must be positive; found {batch_size}.")
-    ds = grain.MapDataset.source(source).slice(slice(0, n)).batch(batch_size)
-    for batch in ds:
+    ds = grain.MapDataset.source(source).slice(slice(0, n))
+    if transform is not None:
+        ds = ds.map(transform)
+    for batch in ds.batch(batch_size):
         images = normalize(batch["image"])
         labels = np.asarray(batch["label"], np.int32)
         k = len(labels)
@@ -146,7 +168,11 @@ def eval_batches(source: Source, batch_size: int,
         if k < batch_size:
             images = np.concatenate([images, np.repeat(images[:1], batch_size - k, 0)])
             labels = np.concatenate([labels, np.full(batch_size - k, -1, np.int32)])
-        yield {"image": images, "label": labels, "mask": mask}
+        out = {"image": images, "label": labels, "mask": mask}
+        if "image_id" in batch:
+            ids = np.asarray(batch["image_id"], np.int64)
+            out["image_id"] = np.concatenate([ids, np.full(batch_size - k, -1, np.int64)])
+        yield out
 
 
 def load_split(source: Source, normalize: Normalization = Normalization(),

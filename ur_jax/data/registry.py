@@ -27,6 +27,16 @@ class ClassificationData:
       num_classes: ``{domain: classes}``.
       image_shape: ``(H, W, C)`` shared by every domain.
       fewshot: ``{domain: source}`` of held-out data for few-shot episodes.
+      val: ``{domain: source}`` of validation data (model selection), if any.
+      train_transform: ``{domain: fn(record, rng) -> {'image': uint8, 'label'}}``, the
+        per-domain training augmentation; ``None``: ``config.augment`` for every domain.
+      eval_transform: ``{domain: fn(record) -> record}`` applied before evaluation.
+      normalization: ``{domain: Normalization}``; ``None``: images to [-1, 1].
+      image_shapes: ``{domain: (H, W, C)}`` where domains differ (else ``image_shape``).
+      test_labelled: ``{domain: bool}``: whether the test split has labels (a challenge
+        test set may not); ``None``: all labelled.
+      export_predictions: ``fn({domain: (image_ids, labels)}, path) -> path`` writing test
+        predictions in the dataset's submission format, if it has one.
     """
 
     train: Mapping[str, Any]
@@ -34,6 +44,29 @@ class ClassificationData:
     num_classes: Mapping[str, int]
     image_shape: tuple[int, int, int]
     fewshot: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    val: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    train_transform: Mapping[str, Callable[..., Any]] | None = None
+    eval_transform: Mapping[str, Callable[..., Any]] | None = None
+    normalization: Mapping[str, Any] | None = None
+    image_shapes: Mapping[str, tuple[int, int, int]] | None = None
+    test_labelled: Mapping[str, bool] | None = None
+    export_predictions: Callable[..., Any] | None = None
+
+    def shape(self, domain: str) -> tuple[int, int, int]:
+        """The ``(H, W, C)`` of ``domain``'s (preprocessed) images."""
+        if self.image_shapes and domain in self.image_shapes:
+            return tuple(self.image_shapes[domain])
+        return tuple(self.image_shape)
+
+    def normalize(self, domain: str) -> Any:
+        """``domain``'s :class:`~ur_jax.data.pipeline.Normalization`."""
+        from ur_jax.data.pipeline import Normalization
+
+        return (self.normalization or {}).get(domain, Normalization())
+
+    def labelled(self, domain: str) -> bool:
+        """Whether ``domain``'s test split has labels."""
+        return True if self.test_labelled is None else bool(self.test_labelled[domain])
 
 
 def register(name: str, loader: ClassificationLoader) -> None:

@@ -3,6 +3,7 @@ networks (SegNet, DeepLab-v3 ResNet-50), and name registries.
 
 >>> backbone = get_backbone('resnet18_metadataset', width=0.25)
 >>> model = MultiHeadClassifier(backbone, num_classes=(('omniglot', 10),))
+>>> decathlon = get_backbone('resnet26', domains=('imagenet12', 'dtd'), adapter='parallel')
 >>> segnet = get_dense_model('segnet', tasks=(('semantic', 13), ('depth', 1)), width=0.5)
 """
 
@@ -23,6 +24,7 @@ from ur_jax.models.resnet import (
     ResNet34,
     ResNet50,
 )
+from ur_jax.models.resnet26 import AdapterBlock, PerDomain, ResNet26, from_single_domain
 from ur_jax.models.segnet import (
     DeepLabV3ResNet50,
     SegNet,
@@ -35,6 +37,7 @@ _BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "resnet34": ResNet34,
     "resnet50": ResNet50,
     "resnet18_metadataset": ResNet18MetaDataset,
+    "resnet26": ResNet26,
 }
 
 
@@ -80,7 +83,7 @@ def get_dense_model(name: str, **kwargs: Any) -> nn.Module:
     return constructor(**kwargs)
 
 
-__all__ = ["BasicBlock", "Bottleneck", "DeepLabV3ResNet50", "Heads", "MultiHeadClassifier",
+__all__ = ["AdapterBlock", "PerDomain", "ResNet26", "from_single_domain", "BasicBlock", "Bottleneck", "DeepLabV3ResNet50", "Heads", "MultiHeadClassifier",
            "ResNet", "ResNet18", "ResNet18MetaDataset", "ResNet34", "ResNet50", "SegNet",
            "backbone_names", "dense_model_names", "get_backbone", "get_dense_model",
            "max_pool_with_indices", "max_unpool", "register_backbone"]

@@ -59,6 +59,10 @@ class MultiHeadClassifier(nn.Module):
     domain and no image moves between devices; results do not depend on it (up to
     float summation order).
 
+    A backbone with per-domain parts (``backbone.domain_specific``, e.g.
+    :class:`~ur_jax.models.ResNet26` with ``domains``) instead runs once per domain, as
+    ``backbone(images[d], train, domain=d)``; domains may then differ in image size.
+
     Attributes:
       backbone: a module mapping images to a dict of named features.
       num_classes: ``((domain, classes), ...)``.
@@ -83,6 +87,11 @@ class MultiHeadClassifier(nn.Module):
         unknown = sorted(set(images) - set(order))
         if unknown:
             raise KeyError(f"Unknown domain(s) {unknown}; this model has {list(self.domains)}.")
+        if getattr(self.backbone, "domain_specific", False):
+            # Per-domain BatchNorm / adapters (e.g. ResNet26(domains=...)): one pass per domain,
+            # which also lets domains differ in image size.
+            per_domain = {d: self.backbone(images[d], train=train, domain=d) for d in order}
+            return self._heads(per_domain, order)
         sizes = [images[d].shape[0] for d in order]
         num_shards = sharding.data_shards() if num_shards is None else num_shards
         if num_shards < 1 or any(n % num_shards for n in sizes):
@@ -102,6 +111,9 @@ class MultiHeadClassifier(nn.Module):
             for d, n in zip(order, sizes):
                 per_domain[d][name] = f[:, start:start + n // s].reshape((n,) + f.shape[2:])
                 start += n // s
+        return self._heads(per_domain, order)
+
+    def _heads(self, per_domain, order):
         logits = Heads(self.num_classes, name="heads")(
             {d: per_domain[d][self.feature] for d in order})
         return per_domain, {d: l.astype(jnp.float32) for d, l in logits.items()}
