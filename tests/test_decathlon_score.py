@@ -4,8 +4,13 @@ import numpy as np
 import pytest
 
 from ur_jax.evaluation import decathlon_score, delta_mdl, domain_scores, error_bounds
-from ur_jax.evaluation.decathlon import (DOMAINS, ERROR_BOUNDS, FINETUNE_ACCURACY, PAPER_SCORES,
-                                         PAPER_TABLE)
+from ur_jax.evaluation.decathlon import (
+    DOMAINS,
+    ERROR_BOUNDS,
+    FINETUNE_ACCURACY,
+    PAPER_SCORES,
+    PAPER_TABLE,
+)
 
 
 def test_finetune_row_scores_exactly_2500():

@@ -755,8 +755,9 @@ def decathlon_scores(results: Mapping[str, Any], config) -> dict[str, dict[str, 
             continue
         acc = {d: row[d]["accuracy"] for d in config.domains}
         entry = {"decathlon_score": dec.decathlon_score(acc, bounds)}
-        if teachers:
-            entry["delta_mdl"] = dec.delta_mdl(acc, {d: teachers[d]["accuracy"] for d in acc})
+        reference = {d: teachers[d]["accuracy"] for d in acc if d in teachers}
+        if len(reference) == len(acc) and all(r > 0 for r in reference.values()):
+            entry["delta_mdl"] = dec.delta_mdl(acc, reference)
         if set(acc) <= set(dec.FINETUNE_ACCURACY):
             entry["delta_mdl_paper"] = dec.delta_mdl(acc)
         out[name] = entry

@@ -2,7 +2,7 @@
 
 ``config.dataset`` names a loader registered here. Classification loaders return a
 :class:`ClassificationData` of random-access sources (``tfds.data_source``) per domain;
-later datasets (the Decathlon, Meta-Dataset) register theirs with :func:`register`.
+``'decathlon'`` is the Visual Decathlon; later datasets register theirs with :func:`register`.
 Dense loaders (``scenes``, ``nyuv2``, ``cityscapes7``, ``cityscapes19``) return a
 :class:`DenseData`; add one with :func:`register_dense`.
 """
@@ -10,6 +10,7 @@ Dense loaders (``scenes``, ``nyuv2``, ``cityscapes7``, ``cityscapes19``) return 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -113,6 +114,54 @@ def _embedded(config) -> ClassificationData:
 
 
 register("embedded", _embedded)
+
+
+def _decathlon(config) -> ClassificationData:
+    """The Visual Decathlon (:mod:`ur_jax.data.decathlon`): built from the local
+    ``decathlon-1.0/`` in ``config.manual_dir`` (``config.decathlon_source='manual'``), or
+    TFDS's ``visual_domain_decathlon`` (``'tfds'``, downloads)."""
+    from ur_jax.data import decathlon
+    from ur_jax.data.pipeline import Normalization
+
+    domains = tuple(config.domains)
+    unknown = [d for d in domains if d not in decathlon.DOMAINS]
+    if unknown:
+        raise ValueError(f"Unknown Decathlon domain(s) {unknown}; available: "
+                         f"{list(decathlon.DOMAINS)}.")
+    root = data_dir(config)
+    kind = config.get("decathlon_source") or "manual"
+    if kind == "manual":
+        decathlon.prepare(_manual_dir(config), root, domains)
+        source = functools.partial(decathlon.data_source, data_dir=root)
+        meta = {d: decathlon.metadata(d, root) for d in domains}
+        num_classes = {d: len(meta[d]["category_ids"]) for d in domains}
+        labelled = {d: bool(meta[d]["test_labels"]) for d in domains}
+        normalization = {d: decathlon.normalization(d, root) for d in domains}
+
+        def export(predictions, path):
+            return decathlon.export_predictions(predictions, root, path)
+    elif kind == "tfds":
+        source = functools.partial(decathlon.tfds_source, data_dir=root)
+        num_classes = {d: decathlon.NUM_CLASSES[d] for d in domains}
+        labelled = {d: False for d in domains}  # TFDS's test split has no labels
+        normalization = {d: Normalization() for d in domains}
+        export = None
+    else:
+        raise ValueError(f"config.decathlon_source={kind!r}; expected 'manual' (a local "
+                         f"decathlon-1.0/ in config.manual_dir) or 'tfds'.")
+    return ClassificationData(
+        train={d: source(d, "train") for d in domains},
+        test={d: source(d, "test") for d in domains},
+        val={d: source(d, "val") for d in domains},
+        num_classes=num_classes,
+        image_shape=decathlon.image_shape(domains[0]),
+        image_shapes={d: decathlon.image_shape(d) for d in domains},
+        train_transform={d: decathlon.train_transform(d) for d in domains},
+        eval_transform={d: decathlon.eval_transform(d) for d in domains},
+        normalization=normalization, test_labelled=labelled, export_predictions=export)
+
+
+register("decathlon", _decathlon)
 
 
 # ----------------------------------------------------------------------------- dense tasks

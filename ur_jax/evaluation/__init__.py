@@ -5,9 +5,14 @@ with Delta_MDL (:mod:`.decathlon`)."""
 from __future__ import annotations
 
 from ur_jax.evaluation import decathlon, dense, fewshot
+from ur_jax.evaluation.decathlon import (
+           decathlon_score,
+           delta_mdl,
+           domain_scores,
+           error_bounds,
+)
 from ur_jax.evaluation.dense import *
 from ur_jax.evaluation.fewshot import *
-from ur_jax.evaluation.decathlon import decathlon_score, delta_mdl, domain_scores, error_bounds
 
 __all__ = (list(fewshot.__all__) + list(dense.__all__)
            + ["decathlon", "decathlon_score", "delta_mdl", "domain_scores", "error_bounds"])

@@ -120,5 +120,9 @@ def delta_mdl(accuracies: Mapping[str, float], reference: Mapping[str, float] | 
     missing = sorted(set(accuracies) - set(reference))
     if missing:
         raise ValueError(f"No reference accuracy for domain(s) {missing}.")
+    zero = sorted(d for d in accuracies if reference[d] <= 0)
+    if zero:
+        raise ValueError(f"Delta_MDL is undefined for a reference accuracy of 0 (domain(s) "
+                         f"{zero}).")
     return float(np.mean([(a - reference[d]) / reference[d] * 100.0
                           for d, a in accuracies.items()]))
