@@ -103,6 +103,7 @@ from PIL import Image
 
 from ur_jax.data import pipeline
 from ur_jax.data.embedded import _QuietTfds
+from ur_jax.data.files import listing
 
 __all__ = [
     "DOMAINS",
@@ -277,25 +278,14 @@ def _expected_tree() -> str:
         f"  with <d> one of {', '.join(DOMAINS)}.")
 
 
-def _listing(path: Path, limit: int = 12) -> str:
-    try:
-        entries = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
-    except OSError as e:
-        return f"(cannot list {path}: {e})"
-    if not entries:
-        return "(empty)"
-    more = f", ... ({len(entries) - limit} more)" if len(entries) > limit else ""
-    return ", ".join(entries[:limit]) + more
-
-
 def _error(domain: str | None, root: Path | None, problem: str) -> DecathlonDataError:
     what = f"Visual Decathlon domain {domain!r}" if domain else "Visual Decathlon"
     found = ""
     if root is not None and root.is_dir():
-        found = f"\nFound in {root}: {_listing(root)}"
+        found = f"\nFound in {root}: {listing(root)}"
         for sub in ("data", "annotations"):
             if (root / sub).is_dir():
-                found += f"\nFound in {root / sub}: {_listing(root / sub)}"
+                found += f"\nFound in {root / sub}: {listing(root / sub)}"
     return DecathlonDataError(f"{what}: {problem}{found}\nExpected layout:\n{_expected_tree()}\n"
                               f"{DOWNLOAD_NOTE}")
 

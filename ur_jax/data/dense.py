@@ -67,6 +67,7 @@ import tensorflow_datasets as tfds
 
 from ur_jax.data import pipeline
 from ur_jax.data.embedded import _QuietTfds
+from ur_jax.data.files import listing
 
 __all__ = [
     "DATASETS",
@@ -238,21 +239,10 @@ def _source_note(name: str) -> str:
             "train/ and val/ as manual_dir.")
 
 
-def _listing(path: Path, limit: int = 12) -> str:
-    try:
-        entries = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
-    except OSError as e:
-        return f"(cannot list {path}: {e})"
-    if not entries:
-        return "(empty)"
-    more = f", ... ({len(entries) - limit} more)" if len(entries) > limit else ""
-    return ", ".join(entries[:limit]) + more
-
-
 def _error(name: str, root: Path | None, problem: str) -> DenseDataError:
     found = ""
     if root is not None and root.is_dir():
-        found = f"\nFound in {root}: {_listing(root)}"
+        found = f"\nFound in {root}: {listing(root)}"
         inner = [p for p in root.iterdir() if p.is_dir() and (p / "train").is_dir()]
         if inner and not (root / "train").is_dir():
             found += (f"\nHint: {inner[0]} contains train/; pass that folder as manual_dir.")
@@ -326,7 +316,7 @@ def check_mtan_tree(name: str, root: str | os.PathLike) -> dict[str, SplitLayout
             folder = split_dir / sub
             if not folder.is_dir():
                 raise _error(name, root_path, f"missing folder {folder}; {split_dir} holds: "
-                             f"{_listing(split_dir)}.")
+                             f"{listing(split_dir)}.")
             try:
                 idx = _indices(folder)
             except ValueError as e:
