@@ -1,4 +1,4 @@
-"""Few-shot episodic evaluation on precomputed features: NCC and PA (URL protocol).
+"""Few-shot episodic evaluation on precomputed features: NCC, PA and a linear probe.
 
 The URL few-shot protocol (Li, Liu & Bilen) classifies the query examples of an
 episode with a nearest-centroid classifier (NCC) on top of frozen features:
@@ -14,6 +14,8 @@ episode with a nearest-centroid classifier (NCC) on top of frozen features:
   for 40 steps, learning rate :data:`SEEN_PA_LR` (0.1) on the training sources and
   :data:`UNSEEN_PA_LR` (1.0) on unseen ones. The query is then classified by NCC on
   ``support @ W`` and ``query @ W``.
+* **Linear probe** (``method='linear'``): softmax regression on the L2-normalised support
+  features (:func:`linear_fit`), a common baseline beside NCC.
 * Results are reported as the mean accuracy over episodes with a 95% confidence
   interval ``1.96 * std / sqrt(E)`` (NumPy's ``std``, ``ddof=0``):
   :func:`mean_confidence_interval`.
@@ -25,8 +27,9 @@ one compilation of :func:`episode_accuracy` serves every episode of a run:
 
 Labels outside ``0 .. ways-1`` (e.g. ``-1``) are *ignored* everywhere: such support
 rows contribute to no prototype and not to the PA loss, such query rows are not
-counted in the accuracy. This costs nothing and lets variable-way/shot episodes be
-padded to a fixed shape later.
+counted in the accuracy, and a class with no support row is never predicted. So
+variable-way variable-shot episodes (Meta-Dataset) are padded to a few fixed shapes
+(:mod:`ur_jax.evaluation.metadataset`) and reuse the same compiled functions.
 
 Example::
 
@@ -52,6 +55,9 @@ from ur_jax.optim import adadelta
 ArrayLike = jax.Array | np.ndarray
 
 __all__ = [
+    "ABSENT_CLASS_LOGIT",
+    "LINEAR_LR",
+    "LINEAR_STEPS",
     "METHODS",
     "NCC_SCALE",
     "PA_STEPS",
@@ -60,6 +66,8 @@ __all__ = [
     "Episodes",
     "episode_accuracy",
     "evaluate_episodes",
+    "linear_fit",
+    "linear_logits",
     "mean_confidence_interval",
     "ncc_logits",
     "pa_fit",
@@ -77,7 +85,13 @@ SEEN_PA_LR = 0.1
 #: PA learning rate on unseen domains.
 UNSEEN_PA_LR = 1.0
 #: Classifiers understood by :func:`episode_accuracy` / :func:`evaluate_episodes`.
-METHODS = ("ncc", "pa")
+METHODS = ("ncc", "pa", "linear")
+#: Full-batch Adam steps of the linear probe.
+LINEAR_STEPS = 100
+#: Adam learning rate of the linear probe.
+LINEAR_LR = 0.1
+#: The logit of a class that has no support example (padding of variable-way episodes).
+ABSENT_CLASS_LOGIT = -1e9
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -246,12 +260,19 @@ def _check_episode(name: str, support: jax.Array, support_labels: jax.Array,
                          f"d = {support.shape[1]}; found shape {tuple(query.shape)}.")
 
 
-def _prototypes(support: jax.Array, support_labels: jax.Array, ways: int) -> jax.Array:
-    """``(ways, d)`` class means; labels outside ``0..ways-1`` ignored, empty class -> 0."""
+def _prototypes(support: jax.Array, support_labels: jax.Array, ways: int
+                ) -> tuple[jax.Array, jax.Array]:
+    """``(ways, d)`` class means and ``(ways,)`` support counts; labels outside
+    ``0..ways-1`` ignored, an empty class has a zero mean."""
     onehot = jax.nn.one_hot(support_labels, ways, dtype=jnp.float32)  # (S, ways)
     sums = jnp.matmul(onehot.T, support, precision=_HIGHEST)
-    counts = jnp.sum(onehot, axis=0)[:, None]
-    return sums / jnp.maximum(counts, 1.0)
+    counts = jnp.sum(onehot, axis=0)
+    return sums / jnp.maximum(counts, 1.0)[:, None], counts
+
+
+def _mask_absent(logits: jax.Array, counts: jax.Array) -> jax.Array:
+    """Logits of classes with no support example set to :data:`ABSENT_CLASS_LOGIT`."""
+    return jnp.where(counts[None, :] > 0, logits, ABSENT_CLASS_LOGIT)
 
 
 @functools.partial(jax.jit, static_argnames=("ways",))
@@ -267,8 +288,8 @@ def ncc_logits(support: ArrayLike, support_labels: ArrayLike, query: ArrayLike, 
       support: ``(S, d)`` support features (computed in float32).
       support_labels: ``(S,)`` int labels in ``0..ways-1``; others are ignored.
       query: ``(Q, d)`` query features.
-      ways: number of classes (static). A class with no support example has a zero
-        prototype, hence logit 0.
+      ways: number of classes (static). A class with no support example (a padded class
+        of a variable-way episode) gets logit :data:`ABSENT_CLASS_LOGIT`: never predicted.
       scale: logit temperature (10 in URL).
 
     Returns:
@@ -277,9 +298,9 @@ def ncc_logits(support: ArrayLike, support_labels: ArrayLike, query: ArrayLike, 
     support, query = _f32(support), _f32(query)
     support_labels = jnp.asarray(support_labels)
     _check_episode("ncc_logits", support, support_labels, query)
-    protos = l2_normalize(_prototypes(support, support_labels, ways))
-    cos = jnp.matmul(l2_normalize(query), protos.T, precision=_HIGHEST)
-    return (scale * cos).astype(jnp.float32)
+    protos, counts = _prototypes(support, support_labels, ways)
+    cos = jnp.matmul(l2_normalize(query), l2_normalize(protos).T, precision=_HIGHEST)
+    return _mask_absent(scale * cos, counts).astype(jnp.float32)
 
 
 def pa_transform(features: ArrayLike, w: ArrayLike) -> jax.Array:
@@ -348,6 +369,47 @@ def pa_fit(support: ArrayLike, support_labels: ArrayLike, ways: int,
     return w
 
 
+def linear_logits(params: tuple[jax.Array, jax.Array], features: ArrayLike) -> jax.Array:
+    """Logits ``l2_normalize(features) @ W + b`` of a linear probe ``params = (W, b)``."""
+    w, b = params
+    return jnp.matmul(l2_normalize(_f32(features)), w, precision=_HIGHEST) + b
+
+
+def linear_fit(support: ArrayLike, support_labels: ArrayLike, ways: int,
+               steps: int | jax.Array = LINEAR_STEPS,
+               learning_rate: float | jax.Array = LINEAR_LR) -> tuple[jax.Array, jax.Array]:
+    """Fits a linear probe (softmax regression) on one support set.
+
+    ``W`` (``d x ways``) and ``b`` start at zero and take ``steps`` full-batch Adam steps
+    on the mean cross-entropy of :func:`linear_logits` of the L2-normalised support
+    features (rows whose label is outside ``0..ways-1`` are ignored). ``steps`` and
+    ``learning_rate`` may be traced. Classify with :func:`linear_logits`; classes with no
+    support example must be masked by the caller (:func:`episode_accuracy` does).
+
+    Returns:
+      ``(W, b)``: ``(d, ways)`` and ``(ways,)`` float32.
+    """
+    support = _f32(support)
+    support_labels = jnp.asarray(support_labels)
+    _check_episode("linear_fit", support, support_labels)
+    valid = (support_labels >= 0) & (support_labels < ways)
+    targets = jnp.where(valid, support_labels, -1)
+    params = (jnp.zeros((support.shape[1], ways), jnp.float32), jnp.zeros((ways,), jnp.float32))
+    tx = optax.adam(jnp.asarray(learning_rate, jnp.float32))
+
+    def loss(p):
+        return cross_entropy(linear_logits(p, support), targets, ignore_index=-1)
+
+    def body(_, carry):
+        p, opt_state = carry
+        updates, opt_state = tx.update(jax.grad(loss)(p), opt_state, p)
+        return optax.apply_updates(p, updates), opt_state
+
+    params, _ = jax.lax.fori_loop(0, jnp.asarray(steps, jnp.int32), body,
+                                  (params, tx.init(params)))
+    return params
+
+
 def _accuracy(logits: jax.Array, labels: jax.Array, ways: int) -> jax.Array:
     """Fraction of valid rows (label in ``0..ways-1``) whose argmax is the label."""
     valid = (labels >= 0) & (labels < ways)
@@ -362,6 +424,11 @@ def _single_episode_accuracy(features: jax.Array, support: jax.Array,
                              ways: int) -> jax.Array:
     s_feat = jnp.take(features, support, axis=0)
     q_feat = jnp.take(features, query, axis=0)
+    if method == "linear":
+        probe = linear_fit(s_feat, support_labels, ways, steps, learning_rate)
+        _, counts = _prototypes(s_feat, support_labels, ways)
+        logits = _mask_absent(linear_logits(probe, q_feat), counts)
+        return _accuracy(logits, query_labels, ways)
     if method == "pa":
         w = pa_fit(s_feat, support_labels, ways, steps, learning_rate)
         s_feat, q_feat = pa_transform(s_feat, w), pa_transform(q_feat, w)
@@ -400,9 +467,12 @@ def episode_accuracy(features: ArrayLike, support: ArrayLike, support_labels: Ar
       support, support_labels: ``(E, S)`` int indices into the pool and episode labels.
       query, query_labels: ``(E, Q)`` int indices and episode labels (queries whose
         label is outside ``0..ways-1`` are not counted).
-      method: ``'ncc'`` or ``'pa'`` (PA + NCC).
-      ways: classes per episode (static).
-      steps, learning_rate: PA's Adadelta steps and learning rate (ignored for NCC).
+      method: ``'ncc'``, ``'pa'`` (PA + NCC) or ``'linear'`` (a linear probe,
+        :func:`linear_fit`).
+      ways: classes per episode (static); a variable-way episode pads its labels with -1
+        and its classes beyond its own ways get no support, so they are never predicted.
+      steps, learning_rate: PA's Adadelta (or the probe's Adam) steps and learning rate
+        (ignored for NCC).
 
     Returns:
       ``(E,)`` float32 accuracies in ``[0, 1]``.
@@ -434,7 +504,7 @@ def evaluate_episodes(features: ArrayLike, episodes: Episodes, method: str = "nc
     Args:
       features: ``(N, d)`` float32 NumPy or JAX array; the episodes index its rows.
       episodes: from :func:`sample_episodes` (or built by hand).
-      method: ``'ncc'`` or ``'pa'``.
+      method: ``'ncc'``, ``'pa'`` or ``'linear'``.
       learning_rate: PA learning rate (:data:`SEEN_PA_LR` = 0.1 on training sources,
         :data:`UNSEEN_PA_LR` = 1.0 on unseen domains); ignored for NCC.
       steps: PA Adadelta steps (40); ignored for NCC.
