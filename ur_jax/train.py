@@ -14,7 +14,13 @@
     alignment adapters (:func:`ur_jax.steps.make_distill_step`);
 ``fewshot``
     nearest-centroid (NCC) and pre-classifier-alignment (PA) episodes on held-out data,
-    on the MDL and URL backbones' features (:mod:`ur_jax.evaluation.fewshot`).
+    on the MDL and URL backbones' features (:mod:`ur_jax.evaluation.fewshot`); on
+    Meta-Dataset, the official variable-way variable-shot episodes (or a fixed protocol)
+    with NCC, PA, TSA or a linear probe, for the teachers, the students and any saved
+    model ``config.fewshot.checkpoints`` names (:mod:`ur_jax.evaluation.metadataset`).
+
+The MDL and URL students are saved to ``workdir/students/<stage>/model`` (load them with
+:func:`ur_jax.checkpointing.load_model`).
 
 Every training stage checkpoints ``(state, data iterator)`` together every
 ``config.checkpoint_every`` steps (:mod:`ur_jax.checkpointing`); started again with
@@ -61,8 +67,8 @@ CONFIG_FILE = "config.json"
 RESUMABLE_KEYS = ("log_every", "checkpoint_every", "keep_checkpoints", "data_threads",
                   "data_dir", "manual_dir")
 #: What ``overwrite`` removes from a workdir (nothing else is touched).
-RUN_OUTPUTS = ("checkpoints", "teachers", "selection", "predictions", "tensorboard", RESULTS_FILE,
-               CONFIG_FILE, "timing.json")
+RUN_OUTPUTS = ("checkpoints", "teachers", "students", "selection", "predictions", "tensorboard",
+               RESULTS_FILE, CONFIG_FILE, "timing.json")
 
 
 class WorkdirError(RuntimeError):
@@ -157,23 +163,38 @@ def _seed(config, *path: int) -> int:
     return int(np.random.SeedSequence([int(config.seed), *path]).generate_state(1)[0] >> 1)
 
 
-SCHEDULES = ("cosine", "step")
+SCHEDULES = ("cosine", "step", "cosine_restarts")
 
 
 @functools.cache
 def learning_rate_schedule(lr: float, steps_: int, warmup: int = 0, kind: str = "cosine",
-                           decay_at: tuple[float, ...] = (), decay_factor: float = 0.1
-                           ) -> optax.Schedule:
+                           decay_at: tuple[float, ...] = (), decay_factor: float = 0.1,
+                           restart_every: int = 0) -> optax.Schedule:
     """A stage's learning-rate schedule: linear warmup over ``warmup`` steps, then
 
     * ``'cosine'``: cosine decay to 0 at ``steps_``;
     * ``'step'``: ``lr`` multiplied by ``decay_factor`` at each fraction ``decay_at`` of
       the stage (the Decathlon recipe: x0.1 at epochs 80 and 100 of 120 is
-      ``decay_at=(80 / 120, 100 / 120)``).
+      ``decay_at=(80 / 120, 100 / 120)``);
+    * ``'cosine_restarts'``: cosine annealing with warm restarts every ``restart_every``
+      steps, ``lr * (1 + cos(pi * (t mod T) / T)) / 2`` (PyTorch's
+      ``CosineAnnealingWarmRestarts(T_0=T)``, the Meta-Dataset recipe).
     """
     if kind == "cosine":
         return optax.warmup_cosine_decay_schedule(0.0, lr, min(warmup, max(steps_ - 1, 0)),
                                                   max(steps_, 1))
+    if kind == "cosine_restarts":
+        if int(restart_every) < 1:
+            raise ValueError(f"schedule='cosine_restarts' needs restart_every >= 1 (steps per "
+                             f"cycle); found {restart_every}.")
+        period = int(restart_every)
+
+        def restarts(step):
+            phase = jnp.mod(step, period) / period
+            value = lr * 0.5 * (1.0 + jnp.cos(jnp.pi * phase))
+            return value if warmup <= 0 else value * jnp.minimum(1.0, (step + 1) / warmup)
+
+        return restarts
     if kind != "step":
         raise ValueError(f"Unknown learning-rate schedule {kind!r}; expected one of {SCHEDULES}.")
     bad = [f for f in decay_at if not 0.0 < float(f) <= 1.0]
@@ -188,22 +209,34 @@ def learning_rate_schedule(lr: float, steps_: int, warmup: int = 0, kind: str = 
 
 @functools.cache
 def _sgd(lr: float, steps_: int, warmup: int, momentum: float, weight_decay: float,
-         kind: str = "cosine", decay_at: tuple[float, ...] = (), decay_factor: float = 0.1):
+         kind: str = "cosine", decay_at: tuple[float, ...] = (), decay_factor: float = 0.1,
+         restart_every: int = 0):
     """SGD with :func:`learning_rate_schedule`. Cached: runs with equal hyperparameters get
     the *same* optimizer object, which is static in the train state, so their steps share
     one compilation."""
-    schedule = learning_rate_schedule(lr, steps_, warmup, kind, decay_at, decay_factor)
+    schedule = learning_rate_schedule(lr, steps_, warmup, kind, decay_at, decay_factor,
+                                      restart_every)
     return optim.sgd(schedule, momentum=momentum, weight_decay=weight_decay)
 
 
+def stage_steps(stage_config, domain: str | None = None) -> int:
+    """A stage's number of steps (``steps`` may map domains to values, like the
+    Meta-Dataset teachers' 480k for ImageNet and 50k for Omniglot)."""
+    return int(stage_value(stage_config, "steps", domain))
+
+
 def _stage_sgd(stage_config, domain: str | None = None):
-    """The stage's SGD; ``learning_rate`` and ``weight_decay`` may be per-domain mappings."""
-    return _sgd(float(stage_value(stage_config, "learning_rate", domain)), int(stage_config.steps),
+    """The stage's SGD; ``learning_rate``, ``weight_decay``, ``steps`` and
+    ``restart_every`` may be per-domain mappings."""
+    restart = stage_config.get("restart_every", 0)
+    return _sgd(float(stage_value(stage_config, "learning_rate", domain)),
+                stage_steps(stage_config, domain),
                 int(stage_config.warmup_steps), float(stage_config.momentum),
                 float(stage_value(stage_config, "weight_decay", domain)),
                 stage_config.get("schedule", "cosine"),
                 tuple(float(f) for f in stage_config.get("decay_at", ())),
-                float(stage_config.get("decay_factor", 0.1)))
+                float(stage_config.get("decay_factor", 0.1)),
+                int(stage_value(stage_config, "restart_every", domain)) if restart else 0)
 
 
 def stage_value(stage_config, key: str, domain: str | None) -> Any:
@@ -528,7 +561,8 @@ def _train_classifier(name: str, config, stage_config, model, data, names: Mappi
     select = _selection(name, config, spec, model, data, names,
                         lambda st: {"params": st.params, "batch_stats": st.batch_stats},
                         mesh, writer, workdir)
-    state = fit(name, _train_step_fn(model, mesh), state, dataset, stage_config.steps,
+    state = fit(name, _train_step_fn(model, mesh), state, dataset,
+                stage_steps(stage_config, lr_domain),
                 os.path.join(workdir, "checkpoints", name), config, mesh, writer,
                 examples_per_step=sum(batch_sizes.values()), validate=select,
                 validate_every=int(config.get("select_every") or 0))
@@ -634,8 +668,11 @@ def _distill_config(config, domains) -> steps.DistillConfig:
     anneal = None
     if u.anneal:
         every = int(u.get("anneal_every") or 1)
-        anneal = {d: optim.linear_anneal(int(u.anneal_steps or u.steps), every=every)
-                  for d in domains}
+        k = u.get("anneal_k") or {}
+        k = k.to_dict() if hasattr(k, "to_dict") else dict(k)
+        anneal = {d: optim.linear_anneal(
+            int(round((u.anneal_steps or u.steps) * float(k.get(d, k.get("default", 1.0))))),
+            every=every) for d in domains}
 
     def weights(table):
         table = dict(table)
@@ -736,6 +773,73 @@ def run_fewshot(config, data, models: Mapping[str, tuple[MultiHeadClassifier, di
     return out
 
 
+def run_episodic_fewshot(config, data, models: Mapping[str, tuple[Any, dict, tuple[str, ...]]],
+                         mesh) -> dict[str, Any]:
+    """The ``fewshot`` stage on Meta-Dataset: ``config.fewshot.episodes`` episodes of
+    ``config.fewshot.protocol`` per source (the same episodes for every model: seeded by the
+    config's seed and the source), evaluated with each of ``config.fewshot.methods``.
+
+    ``models``: ``{row name: (model, variables, seen sources)}``; the seen sources pick the
+    inner-loop learning rates (:func:`ur_jax.evaluation.metadataset.learning_rates`).
+    Returns ``{'kind': 'episodic', 'protocol', 'domains', 'episodes', 'rows': {'<model>
+    <method>': per-source accuracy ± CI and seen / unseen / all averages}}``.
+    """
+    from ur_jax.data import episodes as episodes_lib
+    from ur_jax.evaluation import metadataset as md_eval
+
+    f = config.fewshot
+    domains = tuple(f.domains)
+    sampled = {d: episodes_lib.sample_episodes(data.fewshot_specs[d], int(f.episodes), f.protocol,
+                                               seed=_seed(config, 5, i))
+               for i, d in enumerate(domains)}
+    for d in domains:
+        logging.info("[fewshot] %s: %s", d, {k: round(v, 1) for k, v in
+                                             episodes_lib.describe(sampled[d]).items()
+                                             if k.startswith("mean")})
+    rows: dict[str, Any] = {}
+    for name, (model, variables, seen) in models.items():
+        backbone_vars = {c: v["backbone"] for c, v in variables.items() if "backbone" in v}
+        evaluator = md_eval.EpisodeEvaluator(model.backbone, backbone_vars,
+                                             batch_size=config.eval_batch_size,
+                                             buckets=tuple(f.buckets), mesh=mesh)
+        for method in f.methods:
+            acc = {d: evaluator.evaluate(data.fewshot[d], sampled[d], method, seen=d in seen,
+                                         steps=int(f.get("inner_steps") or 0) or None,
+                                         progress=md_eval.log_progress(f"{name} {method} {d}"))
+                   for d in domains}
+            row = md_eval.summarize(acc, seen)
+            rows[f"{name} {method}"] = row
+            logging.info("[fewshot] %s %s: %s; averages %s", name, method,
+                         ", ".join(f"{d} {row[d]['accuracy']:.1f}±{row[d]['ci95']:.1f}"
+                                   for d in domains),
+                         ", ".join(f"{g} {v:.1f}" for g, v in row["averages"].items()
+                                   if v is not None))
+    return {"kind": "episodic", "protocol": f.protocol, "domains": list(domains),
+            "episodes": int(f.episodes), "rows": rows}
+
+
+def _fewshot_models(config, models, teachers) -> dict[str, tuple[Any, dict, tuple[str, ...]]]:
+    """The models the ``fewshot`` stage evaluates, with the sources each was trained on:
+    the teachers and students ``config.fewshot.models`` names, and the saved models
+    ``config.fewshot.checkpoints`` ``{row name: path}`` points to (trained on
+    ``config.fewshot.seen``, default the training domains)."""
+    f = config.fewshot
+    chosen: dict[str, tuple[Any, dict, tuple[str, ...]]] = {}
+    if "teachers" in f.models and teachers:
+        for d, (model, variables) in teachers.items():
+            chosen[f"teacher_{d}"] = (model, variables, (d,))
+    for name, (model, variables) in models.items():
+        if name in f.models:
+            chosen[name] = (model, variables, tuple(config.domains))
+    seen = tuple(f.get("seen") or config.domains)
+    for name, path in dict(f.get("checkpoints") or {}).items():
+        if path:
+            logging.info("[fewshot] loading %s from %s", name, path)
+            model, variables = checkpointing.load_model(path)
+            chosen[name] = (model, variables, seen)
+    return chosen
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -769,13 +873,13 @@ def format_table(results: Mapping[str, Any]) -> str:
     score and Delta_MDL when computed), and few-shot."""
     domains = [d for d in results["config"]["domains"]]
     rows = [(name, results[name]) for name in ("teachers", "mdl", "url") if results.get(name)]
-    width = max(8, *(len(d) for d in domains))
+    width = max([8, *(len(d) for d in domains)])
     split = {"test": "Test", "val": "Validation"}[results.get("evaluated_on", "test")]
     scores = results.get("scores") or {}
     extra = f"{'score':>{9}}{'dMDL':>{8}}" if scores else ""
     lines = [f"{split} accuracy (%)",
              f"{'':<10}" + "".join(f"{d:>{width + 2}}" for d in domains) + f"{'mean':>{width + 2}}"
-             + extra]
+             + extra] if rows else []
     for name, res in rows:
         cells = "".join(f"{res[d]['accuracy']:>{width + 2}.2f}" if d in res else f"{'-':>{width + 2}}"
                         for d in domains)
@@ -789,7 +893,15 @@ def format_table(results: Mapping[str, Any]) -> str:
         lines.append("score: decathlon score (max 1000 per domain); dMDL: Delta_MDL (%) vs the "
                      "run's teachers")
     fs = results.get("fewshot")
-    if fs:
+    if fs and fs.get("kind") == "episodic":
+        from ur_jax.data.metadataset.common import SHORT_NAMES
+        from ur_jax.evaluation.metadataset import format_results
+
+        lines += ["" if lines else None, f"Few-shot accuracy (%), {fs['protocol']} episodes ({fs['episodes']} per "
+                      f"source), ± 95% CI; averages over seen / unseen / all sources",
+                  format_results(fs["rows"], fs["domains"], SHORT_NAMES)]
+        lines = [line for line in lines if line is not None]
+    elif fs:
         p = fs["protocol"]
         fdomains = results["config"]["fewshot"]["domains"]
         lines += ["", f"Few-shot accuracy (%), {p['ways']}-way {p['shots']}-shot, "
@@ -813,7 +925,7 @@ def validate_config(config: ml_collections.ConfigDict, mesh: Mesh | None = None)
     if unknown:
         raise ValueError(f"Unknown stage(s) {unknown} in config.stages; expected a subset of "
                          f"{STAGES}.")
-    if not config.domains:
+    if not config.domains and set(config.stages) - {"fewshot"}:
         raise ValueError("config.domains is empty: name at least one training domain.")
     n = jax.device_count() if mesh is None else mesh.size
     for key in ("teachers", "mdl", "url"):
@@ -825,11 +937,28 @@ def validate_config(config: ml_collections.ConfigDict, mesh: Mesh | None = None)
     if config.eval_batch_size % n:
         raise ValueError(f"config.eval_batch_size={config.eval_batch_size} must be a multiple of "
                          f"the {n} devices.")
-    if "fewshot" in config.stages:
+    if "fewshot" in config.stages and "pa_learning_rate" in config.fewshot:
         missing = [d for d in config.fewshot.domains if d not in dict(config.fewshot.pa_learning_rate)]
         if missing:
             raise ValueError(f"config.fewshot.pa_learning_rate has no rate for {missing} (0.1 "
                              f"for a seen domain, 1.0 for an unseen one).")
+    if "fewshot" in config.stages:
+        if set(config.stages) == {"fewshot"} and not any(
+                dict(config.fewshot.get("checkpoints") or {}).values()):
+            raise ValueError("Only the 'fewshot' stage runs, so there is no model to evaluate: "
+                             "point config.fewshot.checkpoints.<name> at a saved model, e.g. "
+                             "--config.fewshot.checkpoints.model=RUN/students/url/model.")
+        if "protocol" in config.fewshot:
+            from ur_jax.data.episodes import PROTOCOLS
+            from ur_jax.evaluation.metadataset import METHODS
+
+            if config.fewshot.protocol not in PROTOCOLS:
+                raise ValueError(f"config.fewshot.protocol={config.fewshot.protocol!r}; expected "
+                                 f"one of {PROTOCOLS}.")
+            bad = [m for m in config.fewshot.methods if m not in METHODS]
+            if bad:
+                raise ValueError(f"config.fewshot.methods has unknown method(s) {bad}; expected "
+                                 f"some of {METHODS}.")
     for key in ("teachers", "mdl", "url"):
         kind = config[key].get("schedule", "cosine")
         if kind not in SCHEDULES:
@@ -910,6 +1039,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
     def report(name: str, models_: Mapping[str, tuple[MultiHeadClassifier, dict]]):
         """Evaluates ``{domain: (model, variables)}`` (one model for every domain, or one per
         domain) on ``split``; exports test predictions when the test split is unlabelled."""
+        if not any(d in (data.test if split == "test" else data.val) for d in models_):
+            return {}  # no classification test (Meta-Dataset: few-shot episodes only)
         per_domain, predictions = {}, {}
         groups: dict[int, list[str]] = {}
         for d, (model, _) in models_.items():
@@ -938,15 +1069,26 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
             teachers = train_teachers(config, data, mesh, writer, workdir)
             results["teachers"] = report("teachers", teachers)
         models = {}
-        if "mdl" in config.stages:
-            models["mdl"] = train_mdl(config, data, mesh, writer, workdir, teachers)
-            results["mdl"] = report("mdl", {d: models["mdl"] for d in config.domains})
-        if "url" in config.stages:
-            models["url"] = train_url(config, data, teachers, mesh, writer, workdir)
-            results["url"] = report("url", {d: models["url"] for d in config.domains})
+        for stage, train_fn in (("mdl", lambda: train_mdl(config, data, mesh, writer, workdir,
+                                                           teachers)),
+                                ("url", lambda: train_url(config, data, teachers, mesh, writer,
+                                                          workdir))):
+            if stage in config.stages:
+                models[stage] = train_fn()
+                checkpointing.save_model(os.path.join(workdir, "students", stage, "model"),
+                                         _student_spec(config, data),
+                                         jax.device_get(models[stage][1]))
+                results[stage] = report(stage, {d: models[stage] for d in config.domains})
         if config.get("score") == "decathlon":
             results["scores"] = decathlon_scores(results, config)
-        if "fewshot" in config.stages:
+        if "fewshot" in config.stages and data.fewshot_specs:
+            chosen = _fewshot_models(config, models, teachers)
+            if chosen:
+                results["fewshot"] = run_episodic_fewshot(config, data, chosen, mesh)
+            else:
+                logging.warning("[fewshot] no model to evaluate: config.fewshot.models=%s and "
+                                "no config.fewshot.checkpoints.", list(config.fewshot.models))
+        elif "fewshot" in config.stages:
             chosen = {k: v for k, v in models.items() if k in config.fewshot.models}
             if chosen:
                 results["fewshot"] = run_fewshot(config, data, chosen, mesh)

@@ -2,7 +2,8 @@
 
 ``config.dataset`` names a loader registered here. Classification loaders return a
 :class:`ClassificationData` of random-access sources (``tfds.data_source``) per domain;
-``'decathlon'`` is the Visual Decathlon; later datasets register theirs with :func:`register`.
+``'decathlon'`` is the Visual Decathlon, ``'metadataset'`` Meta-Dataset; later datasets register
+theirs with :func:`register`.
 Dense loaders (``scenes``, ``nyuv2``, ``cityscapes7``, ``cityscapes19``) return a
 :class:`DenseData`; add one with :func:`register_dense`.
 """
@@ -28,6 +29,10 @@ class ClassificationData:
       num_classes: ``{domain: classes}``.
       image_shape: ``(H, W, C)`` shared by every domain.
       fewshot: ``{domain: source}`` of held-out data for few-shot episodes.
+      fewshot_specs: ``{domain: ur_jax.data.episodes.SplitSpec}``: the class structure of
+        each ``fewshot`` source; when given, the ``fewshot`` stage samples Meta-Dataset
+        episodes (variable ways and shots) and evaluates on images
+        (:mod:`ur_jax.evaluation.metadataset`) instead of fixed-shape feature episodes.
       val: ``{domain: source}`` of validation data (model selection), if any.
       train_transform: ``{domain: fn(record, rng) -> {'image': uint8, 'label'}}``, the
         per-domain training augmentation; ``None``: ``config.augment`` for every domain.
@@ -45,6 +50,7 @@ class ClassificationData:
     num_classes: Mapping[str, int]
     image_shape: tuple[int, int, int]
     fewshot: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    fewshot_specs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     val: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     train_transform: Mapping[str, Callable[..., Any]] | None = None
     eval_transform: Mapping[str, Callable[..., Any]] | None = None
@@ -162,6 +168,48 @@ def _decathlon(config) -> ClassificationData:
 
 
 register("decathlon", _decathlon)
+
+
+def _metadataset(config) -> ClassificationData:
+    """Meta-Dataset (:mod:`ur_jax.data.metadataset`): the training classes of each training
+    source (``config.domains``) for the classifiers, and the ``config.fewshot.split``
+    (default ``'test'``) classes of each ``config.fewshot.domains`` source for the episodes.
+    Sources are built on first use from ``config.metadataset.origin``: ``'records'`` (the
+    official converted records in ``records_dir``), ``'manual'`` (raw downloads in
+    ``manual_dir``) or ``'tfds'`` (TFDS's own builders), or a mapping ``{source: origin}``."""
+    from ur_jax.data import metadataset as md
+
+    m = config.metadataset
+    domains = tuple(config.domains)
+    fewshot = tuple(config.fewshot.domains) if "fewshot" in config.stages else ()
+    for group, valid, what in ((domains, md.TRAIN_SOURCES, "training"),
+                               (fewshot, md.SOURCES, "few-shot")):
+        unknown = [d for d in group if d not in valid]
+        if unknown:
+            raise ValueError(f"Unknown Meta-Dataset {what} source(s) {unknown}; available: "
+                             f"{list(valid)}.")
+    root = data_dir(config)
+    origin = m.origin.to_dict() if hasattr(m.origin, "to_dict") else m.origin
+
+    def path(key):
+        value = m.get(key) or ""
+        return os.path.abspath(os.path.expanduser(value)) if value else None
+
+    md.prepare(tuple(dict.fromkeys(domains + fewshot)), root, origin=origin,
+               records_dir=path("records_dir"), manual_dir=path("manual_dir"),
+               tfds_data_dir=path("tfds_data_dir"))
+    split = config.fewshot.get("split") or "test"
+    shape = (md.IMAGE_SIZE, md.IMAGE_SIZE, 3)
+    return ClassificationData(
+        train={d: md.data_source(d, "train", root) for d in domains},
+        test={},
+        num_classes={d: md.num_classes(d, "train", root) for d in domains},
+        image_shape=shape,
+        fewshot={d: md.data_source(d, split, root) for d in fewshot},
+        fewshot_specs={d: md.split_spec(d, split, root) for d in fewshot})
+
+
+register("metadataset", _metadataset)
 
 
 # ----------------------------------------------------------------------------- dense tasks

@@ -1,0 +1,45 @@
+"""Meta-Dataset few-shot evaluation of any saved model (a URL or MDL student, an SDL teacher):
+600 test episodes per source of a protocol (the argument: `standard`, the official
+variable-way variable-shot episodes; `five_way_one_shot`; `varying_way_five_shot`), classified
+by NCC, PA and TSA (residual matrix adapters on every 3x3 conv, alpha = 1e-4 x I, plus PA;
+Adadelta 40 steps; alpha lr 0.05 seen / 0.5 unseen, beta lr 0.1 / 1; PAPER.md §3). Per-source
+accuracy with 95% CI, and the seen / unseen / all averages.
+
+Run (one GPU) on the URL student of metadataset_url.py:
+
+    python -m ur_jax.main --config configs/metadataset_eval.py:standard \\
+        --workdir runs/metadataset_eval/url \\
+        --config.metadataset.records_dir=PATH/TO/records \\
+        --config.fewshot.checkpoints.url=runs/metadataset_url/students/url/model
+
+Choose the methods with --config.fewshot.methods=ncc,pa,tsa,linear, the sources the model was
+trained on (they get the "seen" learning rates; default the eight training sources) with
+--config.fewshot.seen=omniglot for a teacher, and several models at once with more
+--config.fewshot.checkpoints.<name>=PATH entries.
+
+Expected (PAPER.md §3, standard protocol): URL + PA 57.5 / 94.5 / 88.6 / 80.5 / 76.2 / 81.9 /
+68.8 / 92.1 / 63.3 / 54.0 / 94.5 / 71.9 / 62.6, averages 80.0 / 69.3 / 75.9; TSA 57.4 / 95.0 /
+89.3 / 81.4 / 76.7 / 82.0 / 67.4 / 92.2 / 83.5 / 55.8 / 96.7 / 80.6 / 69.6, averages 80.2 / 77.2
+/ 79.0 (ImNet, Omni, Airc, Birds, Text, QDraw, Fungi, Flwr, Traffic, COCO, MNIST, C10, C100).
+Not yet reproduced here: no GPU run has been made.
+
+`:standard,smoke`: 4 episodes per source of a fake records directory
+(`python -m ur_jax.data.metadataset --fake DIR`), on a model saved by a smoke run.
+"""
+
+from __future__ import annotations
+
+from ur_jax import metadataset_config
+from ur_jax.data.metadataset.common import TRAIN_SOURCES
+
+
+def get_config(arg: str | None = None):
+    """Few-shot evaluation of saved models (``arg``: ``'[protocol][,smoke]'``)."""
+    protocol, smoke = metadataset_config.protocol_arg(arg, "metadataset_eval.py")
+    c = metadataset_config.base(("fewshot",), domains=())
+    c.fewshot.protocol = protocol
+    c.fewshot.methods = ("ncc", "pa", "tsa")
+    c.fewshot.models = ()
+    c.fewshot.seen = TRAIN_SOURCES
+    c.fewshot.checkpoints = {"model": ""}
+    return metadataset_config.shrink_to_smoke(c) if smoke else c
