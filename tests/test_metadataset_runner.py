@@ -71,6 +71,26 @@ def test_recipe_is_the_papers():
                                                                   "default": 1.0}
 
 
+def test_training_input_is_one_batch_per_source(fake):
+    """448 ImageNet + 64 per other source by default; here 16 + 8: one batch per source per
+    step, 84x84 images in [-1, 1], labels among the source's training classes."""
+    from ur_jax.data import pipeline, registry
+
+    records, data = fake
+    c = _config("metadataset_mdl", "smoke", records, data)
+    c.mdl.batch_size = {"ilsvrc_2012": 16, "default": 8}
+    sources = registry.load_classification(c)
+    assert sources.num_classes == {"ilsvrc_2012": 10, "omniglot": 11}  # the fakes' train classes
+    assert sources.test == {} and set(sources.fewshot_specs) == set(c.fewshot.domains)
+    sizes = {d: train.batch_size(c.mdl, d) for d in c.domains}
+    batch = pipeline.train_batches(sources.train, sizes, seed=0, augment="crop_flip")[0]
+    assert list(batch) == ["ilsvrc_2012", "omniglot"]
+    for d, n in (("ilsvrc_2012", 16), ("omniglot", 8)):
+        assert batch[d]["image"].shape == (n, 84, 84, 3)
+        assert -1.0 <= batch[d]["image"].min() and batch[d]["image"].max() <= 1.0
+        assert 0 <= batch[d]["label"].min() and batch[d]["label"].max() < sources.num_classes[d]
+
+
 def test_sdl_smoke_run(sdl_run):
     workdir, results = sdl_run
     assert results["teachers"] == {}  # no classification test split: episodes only
