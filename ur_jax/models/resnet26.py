@@ -138,6 +138,9 @@ class ResNet26(nn.Module):
         BatchNorm (and adapters).
       adapter: ``'none'``, ``'series'`` or ``'parallel'``.
       adapter_init: parallel adapters' init: ``'zeros'`` or ``'random'`` (He normal).
+      end_relu: a ReLU after the final BatchNorm (Rebuffi et al.'s network); the paper's
+        released Decathlon models (VICO-UoE/UniversalRepresentations) have none: ``False``
+        for those (:mod:`ur_jax.convert.resnet26` sets it).
       width: channel multiplier (tests use small widths).
       stage_sizes, stage_widths, stem_width: the architecture ((4, 4, 4), (64, 128, 256), 32).
       dtype: computation dtype; parameters stay float32.
@@ -154,6 +157,7 @@ class ResNet26(nn.Module):
     stage_sizes: Sequence[int] = (4, 4, 4)
     stage_widths: Sequence[int] = (64, 128, 256)
     stem_width: int = 32
+    end_relu: bool = True
     dtype: Any = jnp.float32
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
@@ -198,7 +202,9 @@ class ResNet26(nn.Module):
                                  strides=2 if j == 0 else 1, name=f"layer{i + 1}_{j}",
                                  **parts)(x, domain)
             feats[f"layer{i + 1}"] = x
-        x = nn.relu(_EndNorm(name="end", **parts)(x, domain))
+        x = _EndNorm(name="end", **parts)(x, domain)
+        if self.end_relu:
+            x = nn.relu(x)
         feats["pooled"] = jnp.mean(x, axis=(1, 2))
         return feats
 
