@@ -46,7 +46,8 @@ def base(stages: tuple[str, ...], adapter: str = "none") -> ml_collections.Confi
     c.stages = stages
     # Teachers: plain ResNet-26. Students (MDL, URL): per-domain BatchNorm (+ adapters).
     c.model = ml_collections.ConfigDict({
-        "backbone": "resnet26", "kwargs": {"width": 1.0}, "per_domain": True,
+        # end_relu=False: the paper's released models (python -m ur_jax.convert --arch resnet26)
+        "backbone": "resnet26", "kwargs": {"width": 1.0, "end_relu": True}, "per_domain": True,
         "student_kwargs": {"adapter": adapter}})
     c.augment = "none"  # unused: the Decathlon's per-domain crop and flip apply
     c.init_rng_impl = "threefry2x32"
@@ -102,7 +103,7 @@ def shrink_to_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     (``python -m ur_jax.data.decathlon --fake DIR``)."""
     c.domains = tuple(d for d in SMOKE_DOMAINS if d in c.domains) or (c.domains[0],)
     c.teachers.checkpoints = {d: "" for d in c.domains}
-    c.model.kwargs = {"width": 1 / 16, "stage_sizes": (1, 1, 1)}
+    c.model.kwargs = {"width": 1 / 16, "stage_sizes": (1, 1, 1), "end_relu": True}
     c.init_rng_impl = "rbg"
     for stage in ("teachers", "mdl", "url"):
         c[stage].steps = 3
