@@ -80,7 +80,8 @@ def test_bucket_size():
         md_eval.bucket_size(0)
 
 
-@pytest.mark.parametrize("method", ["ncc", "pa", "tsa", "linear"])
+@pytest.mark.parametrize("method", ["ncc", "pa", pytest.param("tsa", marks=pytest.mark.slow),
+                                    "linear"])
 def test_separable_clusters_are_classified_perfectly(evaluator, tsa_evaluator, method):
     source = _records(6, 6, noise=2, seed=1)
     episodes = _episodes(6, 6, 3, seed=2)

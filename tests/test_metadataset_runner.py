@@ -91,6 +91,7 @@ def test_training_input_is_one_batch_per_source(fake):
         assert 0 <= batch[d]["label"].min() and batch[d]["label"].max() < sources.num_classes[d]
 
 
+@pytest.mark.slow
 def test_sdl_smoke_run(sdl_run):
     workdir, results = sdl_run
     assert results["teachers"] == {}  # no classification test split: episodes only
@@ -110,6 +111,7 @@ def test_sdl_smoke_run(sdl_run):
         assert json.load(f)["fewshot"]["rows"].keys() == fs["rows"].keys()
 
 
+@pytest.mark.slow
 def test_eval_smoke_run_is_deterministic(sdl_run, fake, tmp_path):
     """metadataset_eval.py on the saved teacher: the same episodes and accuracies as the SDL
     run's own few-shot stage (same seed, same sources), plus TSA."""

@@ -65,7 +65,7 @@ CONFIG_FILE = "config.json"
 #: Config keys that may change between a run and its continuation: they do not change
 #: any number the run produces.
 RESUMABLE_KEYS = ("log_every", "checkpoint_every", "keep_checkpoints", "data_threads",
-                  "data_dir", "manual_dir")
+                  "data_dir", "manual_dir", "metadataset")  # (where the data is read from)
 #: What ``overwrite`` removes from a workdir (nothing else is touched).
 RUN_OUTPUTS = ("checkpoints", "teachers", "students", "selection", "predictions", "tensorboard",
                RESULTS_FILE, CONFIG_FILE, "timing.json")

@@ -324,7 +324,7 @@ class EpisodeEvaluator:
 
     def _evaluate_tsa(self, source, episodes, steps, rates, progress):
         ways = max(e.ways for e in episodes)
-        result = np.zeros(len(episodes), np.float32)
+        pending = []  # accuracies stay on the device; the host runs one episode ahead
 
         def load(e: Episode):
             s_size = bucket_size(len(e.support), self.buckets)
@@ -349,10 +349,12 @@ class EpisodeEvaluator:
                     jnp.asarray(rates["beta"], jnp.float32))
                 q_feat = _adapted_features(adapted, self.feature, self.variables, alpha,
                                            shard(q_img))
-                result[i] = float(_beta_ncc_accuracy(s_feat, s_lab, q_feat, q_lab, beta, ways))
+                pending.append(_beta_ncc_accuracy(s_feat, s_lab, q_feat, q_lab, beta, ways))
+                if len(pending) > 2:  # at most two episodes in flight: bounded device memory
+                    pending[-3].block_until_ready()
                 if progress is not None:
                     progress(i + 1, len(episodes))
-        return result
+        return np.asarray(jax.device_get(pending), np.float32)
 
 
 @functools.cache
