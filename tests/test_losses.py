@@ -481,13 +481,66 @@ def test_kernel_cka_duplicated_rows_matches_reference():
     assert _finite(val) and _finite(g)
 
 
+def _ref_bandwidth(a):
+    """sigma (not sigma^2) of the median heuristic, as a plain float."""
+    d = ref_sq_dist(a)
+    return float(np.sqrt(ref_median(d[d > 0])))
+
+
+def _ref_cka_fixed_bandwidths(x, y, sx, sy):
+    k, l = ref_rbf(x, sx), ref_rbf(y, sy)
+    return ref_hsic(k, l) / np.sqrt(ref_hsic(k, k) * ref_hsic(l, l))
+
+
 def test_kernel_cka_gradient_finite_and_matches_reference():
     x, y = _kxy(75)
     _, (gx, gy) = kcka_loss_grad(jnp.asarray(x), jnp.asarray(y))
     assert _finite(gx) and _finite(gy)
-    # Central differences of the float64 reference (median path included).
-    num = _central_diff(lambda a: 1.0 - ref_kernel_cka(a, y), x, 1e-6)
-    np.testing.assert_allclose(np.asarray(gx), num, rtol=1e-3, atol=1e-4)
+    # Central differences of the float64 reference with each bandwidth held at its value
+    # (the authors' cka.py computes it as a Python float: a constant for autodiff).
+    sx, sy = _ref_bandwidth(x), _ref_bandwidth(y)
+    num_x = _central_diff(lambda a: 1.0 - _ref_cka_fixed_bandwidths(a, y, sx, sy), x, 1e-6)
+    num_y = _central_diff(lambda b: 1.0 - _ref_cka_fixed_bandwidths(x, b, sx, sy), y, 1e-6)
+    np.testing.assert_allclose(np.asarray(gx), num_x, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(gy), num_y, rtol=1e-3, atol=1e-4)
+
+
+def test_kernel_cka_no_gradient_through_bandwidth():
+    """Issue 14.10: the median bandwidth carries no gradient (URL's models/cka.py takes it
+    as a Python float). Same value as differentiating through the median, a different
+    gradient: the test fails if the median is differentiated."""
+    x, y = _kxy(77)
+    val, (gx, gy) = kcka_loss_grad(jnp.asarray(x), jnp.asarray(y))
+    np.testing.assert_allclose(float(val), 1.0 - ref_kernel_cka(x, y), rtol=1e-5, atol=1e-6)
+
+    def through_median(a, b):  # the median path differentiated (what the authors do not do)
+        return 1.0 - _ref_cka_fixed_bandwidths(a, b, _ref_bandwidth(a), _ref_bandwidth(b))
+
+    num_through = _central_diff(lambda a: through_median(a, y), x, 1e-6)
+    sx, sy = _ref_bandwidth(x), _ref_bandwidth(y)
+    num_fixed = _central_diff(lambda a: 1.0 - _ref_cka_fixed_bandwidths(a, y, sx, sy), x, 1e-6)
+    # The two conventions differ clearly on this input, and ur_jax follows the fixed one.
+    assert np.linalg.norm(num_through - num_fixed) > 0.05 * np.linalg.norm(num_fixed)
+    np.testing.assert_allclose(np.asarray(gx), num_fixed, rtol=1e-3, atol=1e-4)
+    # And it equals autodiff with the bandwidth explicitly under stop_gradient.
+    def stopped(a, b):
+        def rbf(z):
+            g = z @ z.T
+            d = jnp.maximum(jnp.diag(g)[:, None] + jnp.diag(g)[None, :] - 2 * g, 0.0)
+            d = jnp.where(jnp.eye(z.shape[0], dtype=bool), 0.0, d)
+            flat = jnp.sort(jnp.where(d > 0, d, jnp.inf).reshape(-1))
+            med = flat[(jnp.sum(d > 0) - 1) // 2]
+            return jnp.exp(-d / (2.0 * jax.lax.stop_gradient(med)))
+
+        def centre(k):
+            return k - k.mean(0, keepdims=True) - k.mean(1, keepdims=True) + k.mean()
+
+        kc, lc = centre(rbf(a)), centre(rbf(b))
+        return 1.0 - jnp.sum(kc * lc) / jnp.sqrt(jnp.sum(kc * kc) * jnp.sum(lc * lc))
+
+    ex, ey = jax.grad(stopped, argnums=(0, 1))(jnp.asarray(x), jnp.asarray(y))
+    np.testing.assert_allclose(np.asarray(gx), np.asarray(ex), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(gy), np.asarray(ey), rtol=1e-4, atol=1e-6)
 
 
 def test_kernel_cka_shape_errors():

@@ -378,7 +378,8 @@ def _lower_median_positive(d: jax.Array) -> jax.Array:
     Static-shape version of ``torch.median(d[d > 0])``: non-positive
     entries are replaced by ``+inf``, the flattened matrix is sorted and
     the element at index ``(m - 1) // 2`` is taken, ``m`` being the number
-    of positive entries. The gradient flows to the selected entry.
+    of positive entries. (Differentiable at the selected entry; :func:`kernel_cka` stops
+    the gradient at the bandwidth.)
     """
     flat = d.reshape(-1)
     positive = flat > 0
@@ -399,7 +400,9 @@ def _centre_kernel(k: jax.Array) -> jax.Array:
 def _rbf_kernel(a: jax.Array, sigma: Optional[float]) -> jax.Array:
     d = _sq_distances(a)
     if sigma is None:
-        sigma2 = jnp.maximum(_lower_median_positive(d), _MIN_SIGMA2)
+        # A constant for autodiff: the authors compute the bandwidth as a Python float
+        # (VICO-UoE/URL, models/cka.py), so no gradient flows through the median.
+        sigma2 = jax.lax.stop_gradient(jnp.maximum(_lower_median_positive(d), _MIN_SIGMA2))
     else:
         sigma2 = jnp.asarray(sigma, jnp.float32) ** 2
     return jnp.exp(-d / (2.0 * sigma2))
@@ -418,8 +421,9 @@ def kernel_cka(x: ArrayLike, y: ArrayLike, sigma: Optional[float] = None) -> jax
       at index ``(m - 1) // 2``, like ``torch.median``), or 1 if ``D`` has
       no positive entry. (A median below ``1e-12`` is raised to ``1e-12``
       to keep float32 gradients finite; this only affects inputs whose
-      rows all coincide up to round-off.) The gradient flows through the
-      selected median entry;
+      rows all coincide up to round-off.) The bandwidth is a constant for
+      autodiff (no gradient flows through the median), as in the authors' code
+      (VICO-UoE/URL ``models/cka.py`` computes it as a Python float);
     * :math:`K = \exp(-D / (2\sigma^2))`.
 
     Then, with :math:`H = I - \mathbf{1}\mathbf{1}^\top / n`,
