@@ -39,6 +39,23 @@ def test_linear_alignment_adapter_is_bias_free_xavier_dense_on_vectors_and_maps(
     np.testing.assert_allclose(ad.apply(v, x[:, 0, 0]), x[:, 0, 0] @ w, rtol=1e-5, atol=1e-5)
 
 
+def test_alignment_adapter_init_is_untruncated_xavier_normal():
+    """Issue 14.14: torch.nn.init.xavier_normal_ draws an untruncated normal with
+    std sqrt(2 / (fan_in + fan_out)); flax's glorot_normal truncates at 2 std (excess
+    kurtosis about -0.6 and no weight beyond ~2.3 std), which these checks refuse."""
+    w = np.asarray(adapters.AlignmentAdapter(512).init(jax.random.key(3), jnp.zeros((1, 512)))
+                   ["params"]["linear"]["kernel"], np.float64)
+    assert w.shape == (512, 512)
+    std = np.sqrt(2.0 / (512 + 512))
+    z = w.ravel() / std
+    assert abs(z.std() - 1.0) < 0.01
+    assert abs(z.mean()) < 0.01
+    excess_kurtosis = np.mean((z - z.mean()) ** 4) / z.var() ** 2 - 3.0
+    assert abs(excess_kurtosis) < 0.05  # normal: 0 (s.e. ~0.005 for 262144 draws)
+    assert np.abs(z).max() > 4.0  # 262144 normal draws: max |z| is about 4.5 to 5
+    assert 0.0400 < np.mean(np.abs(z) > 2.0) < 0.0510  # P(|z| > 2) = 0.0455
+
+
 def test_mlp_alignment_adapter_has_twice_wide_hidden_layer():
     ad = adapters.AlignmentAdapter(6, kind="mlp")
     v = ad.init(jax.random.key(0), jnp.ones((1, 5)))

@@ -42,7 +42,11 @@ Array = Any
 #: The collection that conv adapters keep their variables in.
 ADAPTER_COLLECTION = "adapters"
 
-xavier_normal = nn.initializers.glorot_normal()
+#: PyTorch's ``torch.nn.init.xavier_normal_``: an *untruncated* normal with variance
+#: ``2 / (fan_in + fan_out)``, the initialiser of URL's alignment adapters and of MTAN's
+#: SegNet convolutions. (Flax's ``glorot_normal`` truncates at two standard deviations and
+#: rescales, which changes the draws; the authors' adapters start from the untruncated one.)
+xavier_normal = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
 
 
 # ----------------------------------------------------------------------------- alignment
@@ -59,7 +63,8 @@ class AlignmentAdapter(nn.Module):
       kind: ``'linear'`` (``x @ W``) or ``'mlp'`` (``relu(x @ W1) @ W2``, hidden width
         ``hidden_multiplier`` x the input width).
       hidden_multiplier: hidden width of the ``'mlp'`` form, relative to the input.
-      kernel_init: Xavier-normal by default, as in the paper.
+      kernel_init: Xavier-normal (untruncated, as ``torch.nn.init.xavier_normal_``) by
+        default, as in the paper and the authors' code.
       dtype: computation dtype.
     """
 
