@@ -140,3 +140,19 @@ def test_bfloat16_computation_keeps_float32_parameters():
     assert feats["pooled"].dtype == jnp.bfloat16
     ref = jax.jit(net.clone(dtype=jnp.float32).apply)(variables, x)["pooled"]
     np.testing.assert_allclose(np.asarray(feats["pooled"], np.float32), ref, rtol=0.1, atol=0.05)
+
+
+def test_batch_norm_uses_the_two_pass_variance_like_pytorch():
+    """A channel with a large mean and a small spread: the one-pass E[x^2] - E[x]^2 of flax's
+    default loses every digit in float32; ur_jax's BatchNorm (two passes, as PyTorch) keeps
+    the running variance to float precision, so 1 and 8 devices train alike."""
+    from ur_jax.models.resnet import BatchNorm
+
+    rng = np.random.default_rng(0)
+    x = (1000.0 + 0.01 * rng.standard_normal((64, 1, 1, 2))).astype(np.float32)
+    bn = BatchNorm(use_running_average=False, momentum=0.0)  # running stats = batch stats
+    variables = bn.init(jax.random.key(0), x)
+    _, updated = bn.apply(variables, x, mutable=["batch_stats"])
+    var = np.asarray(updated["batch_stats"]["var"])
+    expected = np.var(x.astype(np.float64).reshape(-1, 2), axis=0)
+    np.testing.assert_allclose(var, expected, rtol=1e-3)

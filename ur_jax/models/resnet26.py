@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from ur_jax import adapters as adapters_lib
-from ur_jax.models.resnet import _pad, conv_init, scaled_width
+from ur_jax.models.resnet import BatchNorm, _pad, conv_init, scaled_width
 
 Array = Any
 ADAPTERS = ("none", "series", "parallel")
@@ -68,7 +68,7 @@ class _Parts(nn.Module):
     domains: Sequence[str] = ()
     adapter: str = "none"
     adapter_init: str = "zeros"
-    norm: Callable[..., nn.Module] = nn.BatchNorm
+    norm: Callable[..., nn.Module] = BatchNorm
     conv: Callable[..., nn.Module] = nn.Conv
 
     def _per_domain(self, make, name: str, domain: str | None, *args):
@@ -187,7 +187,7 @@ class ResNet26(nn.Module):
         if not self.domains and domain is not None:
             raise ValueError(f"This ResNet26 is single-domain; got domain={domain!r}.")
         conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+        norm = functools.partial(BatchNorm, use_running_average=not train,
                                  momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                                  dtype=self.dtype)
         parts = {"domains": tuple(self.domains), "adapter": self.adapter,

@@ -70,13 +70,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ur_jax.models.resnet import Bottleneck, conv_init, scaled_width
+from ur_jax.adapters import xavier_normal  # the conv initialiser of MTAN's SegNet
+from ur_jax.models.resnet import BatchNorm, Bottleneck, conv_init, scaled_width
 
 Array = Any
 
-#: PyTorch's ``nn.init.xavier_normal_`` (untruncated normal, variance 2 / (fan_in + fan_out)),
-#: the conv initialiser of MTAN's SegNet.
-xavier_normal = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
 
 #: Height and width of SegNet inputs must be multiples of this (five 2x2 poolings).
 SEGNET_STRIDE = 32
@@ -226,7 +224,7 @@ class ConvBNReLU(nn.Module):
         x = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=True,
                     kernel_init=xavier_normal, bias_init=nn.initializers.zeros,
                     dtype=self.dtype, name="conv")(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+        x = BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                          epsilon=self.bn_epsilon, dtype=self.dtype, name="bn")(x)
         return nn.relu(x)
 
@@ -495,7 +493,7 @@ class DilatedResNet50(nn.Module):
         if dilate is None:
             raise ValueError(f"output_stride must be 8, 16 or 32; found {self.output_stride}.")
         conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+        norm = functools.partial(BatchNorm, use_running_average=not train,
                                  momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                                  dtype=self.dtype)
         feats: dict[str, Array] = {}
@@ -540,7 +538,7 @@ class ASPP(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         conv = functools.partial(nn.Conv, self.features, use_bias=False, dtype=self.dtype,
                                  kernel_init=torch_default_conv_init)
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+        norm = functools.partial(BatchNorm, use_running_average=not train,
                                  momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                                  dtype=self.dtype)
         branches = [nn.relu(norm(name="b0_bn")(conv((1, 1), name="b0_conv")(x)))]
@@ -579,7 +577,7 @@ class DeepLabHead(nn.Module):
                  bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, name="aspp")(x, train)
         x = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                     dtype=self.dtype, kernel_init=torch_default_conv_init, name="conv")(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+        x = BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                          epsilon=self.bn_epsilon, dtype=self.dtype, name="bn")(x)
         x = nn.relu(x)
         return nn.Conv(self.out_channels, (1, 1), dtype=self.dtype,
