@@ -2,7 +2,13 @@
 multi-task optimisation methods of ur_jax.mtl, next to the single-task teachers.
 
 Methods: uniform, uncertainty, dwa, gradnorm, mgda, pcgrad, graddrop, imtl_l, imtl_g,
-imtl_h, cagrad. Data: MTAN's preprocessed Cityscapes (see cityscapes_stl.py).
+imtl_h, cagrad, and bam (Born-Again Multi-task networks: targets annealed linearly from the
+stl teachers' predictions to the ground truth). Data: MTAN's preprocessed Cityscapes (see
+cityscapes_stl.py).
+
+Protocol: the authors' DensePred losses and evaluation (VICO-UoE/UniversalRepresentations,
+utils/dense_losses.py, utils/evaluation.py): mIoU from the whole-test-set confusion matrix,
+depth (inverse depth here) errors with the prediction clamped to >= 1e-9; see nyuv2_mtl.py.
 
 Run (one GPU; batch 8, 200 epochs), reusing teachers from cityscapes_stl.py (otherwise the
 run trains them first):
@@ -25,8 +31,8 @@ from ur_jax import dense_config
 
 def get_config(arg: str | None = None):
     """``arg``: a method name (default ``uniform``), optionally followed by ``,smoke``."""
-    method, smoke = dense_config.parse_args(arg, dense_config.MTL_METHODS, "cityscapes_mtl.py",
-                                            default="uniform")
+    method, smoke = dense_config.parse_args(
+        arg, dense_config.MTL_STAGE_METHODS, "cityscapes_mtl.py", default="uniform")
     c = dense_config.base("cityscapes7")
     c.stages = ("stl", "mtl")
     c.mtl.method = method

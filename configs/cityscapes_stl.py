@@ -12,6 +12,10 @@ Run (one GPU; batch 8, 200 epochs, Adam 1e-4 halved after 100 epochs):
 
 and the same with :depth. The teacher is saved to runs/cityscapes_stl_<task>/teachers/<task>/model.
 
+Protocol: the authors' DensePred losses and test metrics (VICO-UoE/UniversalRepresentations,
+utils/dense_losses.py, utils/evaluation.py): mIoU from the whole-test-set confusion matrix,
+inverse-depth errors with the prediction clamped to >= 1e-9.
+
 Expected: the paper gives no Cityscapes numbers (PAPER.md §1); these single-task results
 are the reference that cityscapes_mtl.py and cityscapes_url.py compute Delta_MTL against.
 Not yet run here (no GPU).

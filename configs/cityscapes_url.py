@@ -8,6 +8,9 @@ Run (one GPU), with teachers from cityscapes_stl.py (otherwise the run trains th
         --config.teachers.checkpoints.semantic=runs/cityscapes_stl_semantic/teachers/semantic/model \\
         --config.teachers.checkpoints.depth=runs/cityscapes_stl_depth/teachers/depth/model
 
+Protocol: the authors' DensePred losses and test metrics (VICO-UoE/UniversalRepresentations,
+utils/dense_losses.py, utils/evaluation.py; see cityscapes_stl.py).
+
 Expected: the paper gives no Cityscapes numbers; results.json reports Delta_MTL against this
 run's own STL row, which URL should beat as on NYU-v2. Not yet run here (no GPU).
 

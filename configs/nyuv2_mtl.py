@@ -2,7 +2,19 @@
 multi-task optimisation methods of ur_jax.mtl, next to the single-task teachers.
 
 Methods: uniform, uncertainty, dwa, gradnorm, mgda, pcgrad, graddrop, imtl_l, imtl_g,
-imtl_h, cagrad. Data: MTAN's preprocessed NYU-v2 (see nyuv2_stl.py).
+imtl_h, cagrad, and bam (Born-Again Multi-task networks, Clark et al. 2019: the multi-task
+network is trained on targets moving linearly, over the stage's updates, from the single-task
+teachers' predictions to the ground truth; it uses the teachers of the stl stage). Data:
+MTAN's preprocessed NYU-v2 (see nyuv2_stl.py).
+
+Protocol: training losses and test metrics are those of the authors' DensePred code
+(VICO-UoE/UniversalRepresentations, utils/dense_losses.py and utils/evaluation.py, with which
+the paper's numbers were computed): mIoU from the confusion matrix of the whole test set;
+depth errors with the prediction clamped to >= 1e-9; normal pixels valid where the target's
+channels sum to non-zero, angle of the L2-normalised prediction against the raw target.
+GradDrop follows the GradDrop paper / LibMTL on the shared decoder feature (the authors'
+DensePred baseline masks the parameter gradients instead: --config.mtl.space=params); MGDA
+solves its min-norm problem exactly.
 
 Run (one GPU; batch 2, 200 epochs, Adam 1e-4 halved after 100 epochs), reusing teachers
 trained with nyuv2_stl.py (otherwise the run trains them first):
@@ -15,14 +27,15 @@ trained with nyuv2_stl.py (otherwise the run trains them first):
 
 Method options: --config.mtl.options.c=0.4 (cagrad), .alpha=1.5 (gradnorm),
 .temperature=2.0 (dwa), .leak=0.0 (graddrop); --config.mtl.space=features|params chooses
-where gradient methods combine the task gradients.
+where gradient methods combine the task gradients. bam takes no options.
 
 Expected (PAPER.md §1, Table 1; mIoU %, depth abs err, normal mean angle, Delta_MTL %):
 uniform 40.22 / 0.5196 / 29.09 / -1.13, uncertainty 37.35 / 0.5014 / 26.74 / +0.72,
 gradnorm 40.15 / 0.5824 / 27.70 / -2.60, mgda 39.77 / 0.5669 / 29.05 / -3.95,
 dwa 40.27 / 0.5247 / 28.71 / -0.82, pcgrad 39.55 / 0.5236 / 28.54 / -1.13,
 graddrop 39.25 / 0.5226 / 29.41 / -2.52, imtl_h 40.62 / 0.5224 / 26.14 / +3.11,
-cagrad 37.99 / 0.5196 / 25.77 / +1.61 (not yet reproduced here: no GPU run has been made).
+cagrad 37.99 / 0.5196 / 25.77 / +1.61, bam 37.72 / 0.5571 / 28.58 / -4.47 (not yet
+reproduced here: no GPU run has been made).
 results.json gives Delta_MTL against the run's own STL row and against the paper's.
 
 `:<method>,smoke`: a seconds-long run on a tiny SegNet (tests, fake data).
@@ -35,8 +48,8 @@ from ur_jax import dense_config
 
 def get_config(arg: str | None = None):
     """``arg``: a method name (default ``uniform``), optionally followed by ``,smoke``."""
-    method, smoke = dense_config.parse_args(arg, dense_config.MTL_METHODS, "nyuv2_mtl.py",
-                                            default="uniform")
+    method, smoke = dense_config.parse_args(
+        arg, dense_config.MTL_STAGE_METHODS, "nyuv2_mtl.py", default="uniform")
     c = dense_config.base("nyuv2")
     c.stages = ("stl", "mtl")
     c.mtl.method = method

@@ -12,6 +12,12 @@ and the same with :depth and :normal. The teacher is saved to
 runs/nyuv2_stl_<task>/teachers/<task>/model, which nyuv2_url.py and nyuv2_mtl.py take as
 --config.teachers.checkpoints.<task>=... .
 
+Protocol: the losses and test metrics of the authors' DensePred code, with which the paper's
+numbers were computed (VICO-UoE/UniversalRepresentations, utils/dense_losses.py,
+utils/evaluation.py): mIoU from the whole-test-set confusion matrix; depth errors with the
+prediction clamped to >= 1e-9; normal pixels valid where the target's channels sum to
+non-zero, angle of the L2-normalised prediction against the raw target.
+
 Expected (PAPER.md §1, STL row): semantic mIoU 40.54 %, depth abs err 0.6276, normal mean
 angle 24.28 deg (not yet reproduced here: no GPU run of this config has been made).
 

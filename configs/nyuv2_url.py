@@ -16,6 +16,9 @@ Run (one GPU), with teachers from nyuv2_stl.py (otherwise the run trains them fi
         --config.teachers.checkpoints.depth=runs/nyuv2_stl_depth/teachers/depth/model \\
         --config.teachers.checkpoints.normal=runs/nyuv2_stl_normal/teachers/normal/model
 
+Protocol: the authors' DensePred losses and test metrics (VICO-UoE/UniversalRepresentations,
+utils/dense_losses.py, utils/evaluation.py; see nyuv2_stl.py).
+
 Expected (PAPER.md §1): mIoU 45.52 %, depth abs err 0.4912, normal mean angle 24.57 deg,
 Delta_MTL +10.95 % against the STL constants (+10.94 against the table's rounded STL row).
 Not yet reproduced here (no GPU run has been made). The earlier KD4MTL release used adapter

@@ -68,15 +68,16 @@ def np_depth_loss(pred, gt, mask=None):
 
 def np_normal_loss(pred, gt, mask=None):
     cos = (_unit_np(pred.astype(np.float64)) * gt).sum(-1)
-    w = np.any(gt != 0, -1) * _weights(mask, gt.shape[0])[:, None, None]
+    w = (gt.sum(-1) != 0) * _weights(mask, gt.shape[0])[:, None, None]
     return 1.0 - (w * cos).sum() / w.sum()
 
 
 def np_angles(pred, gt):
-    """float64 angles (degrees) and validity of every pixel."""
-    cos = np.clip((_unit_np(pred.astype(np.float64)) * _unit_np(gt.astype(np.float64))).sum(-1),
+    """float64 angles (degrees) and validity of every pixel: the L2-normalised prediction
+    against the raw target, valid where the target's channels sum to non-zero."""
+    cos = np.clip((_unit_np(pred.astype(np.float64)) * gt.astype(np.float64)).sum(-1),
                   -1.0, 1.0)
-    return np.degrees(np.arccos(cos)), np.any(gt != 0, -1)
+    return np.degrees(np.arccos(cos)), gt.sum(-1) != 0
 
 
 def np_metrics(d: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
@@ -88,7 +89,8 @@ def np_metrics(d: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     union = conf.sum(0) + conf.sum(1) - tp
     sem = {"miou": 100 * np.mean(tp[union > 0] / union[union > 0]),
            "pixel_acc": 100 * tp.sum() / conf.sum()}
-    g, p = d["depth"].astype(np.float64), d["depth_pred"].astype(np.float64)
+    g = d["depth"].astype(np.float64)
+    p = np.maximum(d["depth_pred"].astype(np.float64), 1e-9)
     dv = g != 0
     err = np.abs(p - g)[dv]
     dep = {"abs_err": err.mean(), "rel_err": (err / g[dv]).mean(),
@@ -138,7 +140,7 @@ def test_losses_ignore_invalid_pixels_and_padded_examples():
     sem_bad = (d["semantic"] < 0) | (d["semantic"] >= C)
     logits[sem_bad] = 50 * rng.normal(size=(sem_bad.sum(), C))
     dp[d["depth"] == 0] = 1e3
-    npred[~np.any(d["normal"] != 0, -1)] = rng.normal(size=3) * 9
+    npred[d["normal"].sum(-1) == 0] = rng.normal(size=3) * 9
     logits[1], dp[1], npred[1] = -logits[1] * 3, dp[1] + 7, -npred[1]
     after = [losses.semantic_loss(logits, d["semantic"], mask),
              losses.depth_loss(dp, d["depth"], mask),
@@ -154,6 +156,53 @@ def test_losses_ignore_invalid_pixels_and_padded_examples():
              losses.normal_loss(npred, d["normal"], mask)]
     for b, a in zip(base, moved):
         assert float(a) != float(b)
+
+
+def test_bam_loss_anneals_from_the_teacher_to_the_ground_truth():
+    """BAM's teacher annealing (Clark et al. 2019) with lambda = t / T: at t = 0 the loss is
+    towards the teacher's prediction alone, at t = T / 2 towards the half-half mix, at t = T
+    towards the ground truth alone (= the task loss). Values written out by hand."""
+    from ur_jax import dense_steps
+
+    num_steps = 10
+    lams = [float(dense_steps.bam_lambda(s, num_steps)) for s in (0, 5, 10)]
+    assert lams == [0.0, 0.5, 1.0]
+    assert float(dense_steps.bam_lambda(20, num_steps)) == 1.0
+    # Semantic: one labelled pixel (class 0) and one ignored; soft cross-entropy.
+    s_logits = np.array([[2.0, 0.0, -1.0], [5.0, 1.0, 0.0]], np.float32).reshape(1, 1, 2, 3)
+    t_logits = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 9.0]], np.float32).reshape(1, 1, 2, 3)
+    labels = np.array([0, -1], np.int32).reshape(1, 1, 2)
+    log_p = np.array([2.0, 0.0, -1.0]) - np.log(np.exp(2.0) + 1.0 + np.exp(-1.0))
+    q = np.exp([0.0, 1.0, 0.0]) / np.exp([0.0, 1.0, 0.0]).sum()
+    sem = {lam: -(lam * log_p[0] + (1 - lam) * q @ log_p) for lam in lams}
+    # Depth: prediction 1, ground truth 2, teacher 0.5 (target 0.5 + 1.5 lam); one invalid.
+    d_pred = np.array([1.0, 3.0], np.float32).reshape(1, 1, 2, 1)
+    d_gt = np.array([2.0, 0.0], np.float32).reshape(1, 1, 2, 1)
+    d_teacher = np.array([0.5, 7.0], np.float32).reshape(1, 1, 2, 1)
+    dep = {0.0: 0.5, 0.5: 0.25, 1.0: 1.0}
+    # Normals: prediction (2, 0, 0) -> (1, 0, 0); ground truth (0, 1, 0) (cos 0), teacher
+    # (0.6, 0.8, 0) (cos 0.6): loss 1 - 0.6 (1 - lam). The second pixel is invalid.
+    n_pred = np.array([[2.0, 0.0, 0.0], [1.0, 0.0, 0.0]], np.float32).reshape(1, 1, 2, 3)
+    n_gt = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]], np.float32).reshape(1, 1, 2, 3)
+    n_teacher = np.array([[0.6, 0.8, 0.0], [1.0, 0.0, 0.0]], np.float32).reshape(1, 1, 2, 3)
+    nor = {0.0: 0.4, 0.5: 0.7, 1.0: 1.0}
+    for lam in lams:
+        got = {
+            "semantic": losses.dense_bam_loss("semantic", s_logits, labels, t_logits, lam),
+            "depth": losses.dense_bam_loss("depth", d_pred, d_gt, d_teacher, lam),
+            "normal": losses.dense_bam_loss("normal", n_pred, n_gt, n_teacher, lam),
+        }
+        want = {"semantic": sem[lam], "depth": dep[lam], "normal": nor[lam]}
+        for t in want:
+            assert float(got[t]) == pytest.approx(want[t], abs=1e-5), (t, lam)
+    # At the end (lambda = 1) it is exactly the task loss.
+    for t, (p, g, tp) in {"semantic": (s_logits, labels, t_logits),
+                          "depth": (d_pred, d_gt, d_teacher),
+                          "normal": (n_pred, n_gt, n_teacher)}.items():
+        np.testing.assert_allclose(losses.dense_bam_loss(t, p, g, tp, 1.0),
+                                   losses.dense_task_loss(t, p, g), rtol=1e-6)
+    with pytest.raises(ValueError, match="teacher prediction must have"):
+        losses.dense_bam_loss("depth", d_pred, d_gt, d_teacher[:, :, :1], 0.5)
 
 
 def test_all_invalid_batch_gives_zero_and_finite_zero_gradient():
@@ -279,7 +328,7 @@ def test_jitted_sharded_accumulation_equals_numpy_over_the_whole_set(devices):
     for k in ("count", "n_within_11_25", "n_within_22_5", "n_within_30", "hist"):
         np.testing.assert_array_equal(stats["normal"][k], nor_one[k], err_msg=k)
     assert int(stats["depth"]["count"]) == int(dep_one["count"])
-    n_valid = int(np.any(whole["normal"] != 0, -1).sum())
+    n_valid = int((whole["normal"].sum(-1) != 0).sum())
     assert int(stats["normal"]["hist"].sum()) == int(stats["normal"]["count"]) == n_valid
 
 
@@ -323,6 +372,45 @@ def test_depth_and_normal_metrics_closed_form():
     s4 = dense.normal_stats(pred[:, :, :4].astype(np.float32), tgt[:, :, :4].astype(np.float32),
                             bins=180)
     assert dense.finalize("normal", s4)["angle_median"] == pytest.approx((20.5 + 45.5) / 2)
+
+
+def test_depth_metrics_clamp_the_prediction_like_the_authors():
+    """The authors' DepthMeter (the paper's numbers) clamps predictions to >= 1e-9 before
+    the errors: target 2.0, prediction -1.0 has abs error 2.0 (unclamped: 3.0)."""
+    p = np.array([-1.0, 0.5, 7.0], np.float32).reshape(1, 1, 3, 1)
+    g = np.array([2.0, 1.0, 0.0], np.float32).reshape(1, 1, 3, 1)
+    one = dense.finalize("depth", dense.depth_stats(p[:, :, :1], g[:, :, :1]))
+    assert one["abs_err"] == pytest.approx(2.0, abs=1e-6)
+    assert one["rmse"] == pytest.approx(2.0, abs=1e-6)
+    assert one["rel_err"] == pytest.approx(1.0, abs=1e-6)          # |1e-9 - 2| / 2
+    both = dense.finalize("depth", dense.task_stats("depth", p, g))   # the eval step's path
+    clamped = np.maximum(p.astype(np.float64), 1e-9).ravel()[:2]
+    err = np.abs(clamped - [2.0, 1.0])
+    assert both == pytest.approx({"abs_err": err.mean(), "rel_err": np.mean(err / [2.0, 1.0]),
+                                  "rmse": np.sqrt(np.mean(err ** 2))}, abs=1e-6)
+    mtan = dense.finalize("depth", dense.depth_stats(p[:, :, :1], g[:, :, :1], min_pred=None))
+    assert mtan["abs_err"] == pytest.approx(3.0)
+
+
+def test_normal_metrics_and_loss_validity_is_a_non_zero_channel_sum():
+    """Authors / MTAN: a pixel is valid when its target channels sum to non-zero, and the
+    angle is arccos of the L2-normalised prediction against the raw target: (0.6, -0.6, 0)
+    is excluded; (0.8, 0, 0) against a prediction (1, 0, 0) is arccos(0.8) = 36.87 deg."""
+    pred = np.array([[1.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 0.0, 3.0]], np.float32)
+    tgt = np.array([[0.6, -0.6, 0.0], [0.8, 0.0, 0.0], [0.0, 0.0, 0.0]], np.float32)
+    pred, tgt = pred.reshape(1, 1, 3, 3), tgt.reshape(1, 1, 3, 3)
+    expected = np.degrees(np.arccos(0.8))
+    assert expected == pytest.approx(36.8699, abs=1e-4)
+    s = dense.normal_stats(pred, tgt)
+    assert int(s["count"]) == 1
+    got = dense.finalize("normal", s)
+    assert got["angle_mean"] == pytest.approx(expected, abs=1e-3)
+    assert got["rmse"] == pytest.approx(expected, abs=1e-3)
+    assert got["angle_median"] == pytest.approx(expected, abs=0.006)
+    assert (got["within_11_25"], got["within_22_5"], got["within_30"]) == (0.0, 0.0, 0.0)
+    # The loss: 1 - mean cosine over the same valid pixels, target not renormalised.
+    assert float(losses.normal_loss(pred, tgt)) == pytest.approx(1.0 - 0.8, abs=1e-6)
+    assert float(losses.dense_task_loss("normal", pred[:, :, :1], tgt[:, :, :1])) == 0.0
 
 
 def test_empty_stats_structure_and_nothing_valid_gives_nan():

@@ -52,6 +52,7 @@ def _check_metrics(per_task, tasks):
 @pytest.mark.parametrize("name, arg, stages", [
     ("nyuv2_stl", "normal,smoke", ("stl",)),
     ("nyuv2_mtl", "imtl_h,smoke", ("stl", "mtl")),
+    ("nyuv2_mtl", "bam,smoke", ("stl", "mtl")),
     ("nyuv2_url", "smoke", ("stl", "url")),
     ("cityscapes_stl", "depth,smoke", ("stl",)),
     pytest.param("cityscapes_mtl", "mgda,smoke", ("stl", "mtl"), marks=pytest.mark.slow),
@@ -136,6 +137,12 @@ def test_errors_are_clear(dirs, tmp_path):
                         str(tmp_path / "d"))
     with pytest.raises(ValueError, match="takes one of"):
         _config("nyuv2_mtl", "magic", dirs)
+    with pytest.raises(ValueError, match="'bam' needs stage 'stl'"):
+        train_dense.run(_config("nyuv2_mtl", "bam,smoke", dirs, stages=("mtl",)),
+                        str(tmp_path / "g"))
+    with pytest.raises(ValueError, match="'bam' takes no options"):
+        train_dense.run(_config("nyuv2_mtl", "bam,smoke", dirs, **{"mtl.options": {"c": 0.4}}),
+                        str(tmp_path / "h"))
     # A teacher of the wrong task is refused before training.
     config = _config("nyuv2_stl", "depth,smoke", dirs)
     train_dense.run(config, str(tmp_path / "e"))
@@ -149,3 +156,5 @@ def test_config_method_list_matches_the_library():
     from ur_jax import dense_config, mtl
 
     assert dense_config.MTL_METHODS == mtl.METHODS
+    assert dense_config.MTL_STAGE_METHODS == train_dense.MTL_STAGE_METHODS == (*mtl.METHODS,
+                                                                                 "bam")

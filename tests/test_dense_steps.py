@@ -121,6 +121,48 @@ def test_every_method_trains_data_parallel(variables, devices, name):
     assert sum(moved) > len(moved) // 2, name
 
 
+def test_feature_space_graddrop_uses_one_mask_per_feature_for_the_batch(variables):
+    """GradDrop in the step: the per-example gradients w.r.t. the shared decoder feature are
+    sign-corrected by the feature, summed over the batch, and one mask per feature (from the
+    step's uniform draw, a function of (seed, step)) is applied to every example; the
+    backbone gets the pullback of that. Written out here with NumPy (paper, Algorithm 1)."""
+    n, seed = 4, 3
+    batch = _batch(21, n)
+    method = mtl.get_method("graddrop")
+    state = _state(variables, method, lr=1.0)             # SGD lr 1: the update is -grad
+    new_state, _ = jax.jit(dense_steps.make_mtl_step(MODEL, TASKS, method, seed=seed))(
+        state, batch)
+
+    backbone, heads = MODEL.parts()
+    params, stats = variables["params"], variables["batch_stats"]
+
+    def encode(p):
+        feats, _ = backbone.apply({"params": p, "batch_stats": stats["backbone"]},
+                                  batch["image"], True, mutable=["batch_stats"])
+        return feats["decoder"]
+
+    z, pull = jax.vjp(encode, params["backbone"])
+    z_grads = np.stack([np.asarray(jax.grad(lambda f, t=t: losses.dense_task_loss(
+        t, heads.apply({"params": params["heads"]}, f)[t], batch[t]))(z), np.float64)
+        for t in TASKS]).reshape(len(TASKS), n, -1)
+    inputs = np.asarray(z, np.float64).reshape(n, -1)
+    assert 0.2 < np.mean(inputs > 0) < 0.8
+    u = np.asarray(jax.random.uniform(jax.random.fold_in(jax.random.key(seed), 0),
+                                      (inputs.shape[1],)), np.float64)
+    g = np.einsum("tbd,bd->td", z_grads, np.sign(inputs))
+    p = 0.5 * (1.0 + g.sum(0) / (np.abs(g).sum(0) + 1e-7))
+    mask = ((p > u) & (g > 0)) | ((p < u) & (g < 0))
+    combined = np.einsum("td,tbd->bd", mask, z_grads)
+    assert 0.05 < mask.mean() < 0.95
+    (expected,) = pull(jnp.asarray(combined.reshape(z.shape), jnp.float32))
+    got = jax.tree.map(lambda a, b: np.asarray(a, np.float64) - np.asarray(b, np.float64),
+                       state.params["model"]["backbone"], new_state.params["model"]["backbone"])
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(expected)):
+        scale = np.abs(b).max()
+        np.testing.assert_allclose(a, b, atol=1e-4 * scale + 1e-7,
+                                   err_msg=jax.tree_util.keystr(path))
+
+
 def test_random_methods_are_the_same_on_one_and_eight_devices(variables, devices):
     """PCGrad draws its task order from (seed, step): the result does not depend on the
     number of devices."""
@@ -186,6 +228,50 @@ def test_distill_step_matches_the_objective_written_out(variables):
     changed = jax.tree.map(lambda a, b: bool(np.any(a != b)), new_state.params["adapters"],
                            state.params["adapters"])
     assert all(jax.tree.leaves(changed))
+
+
+def test_bam_step_anneals_from_teacher_targets_to_the_ground_truth(variables):
+    """The BAM step: at its first update the objective is the loss towards the teachers'
+    predictions alone (written out with NumPy on the step's forward outputs); after
+    num_steps updates it is the ground-truth task loss; lambda is logged."""
+    teacher_models = {t: SegNet(tasks=((t, CLASSES if t == "semantic" else
+                                        {"depth": 1, "normal": 3}[t]),), filters=(6, 8))
+                      for t in TASKS}
+    teacher_vars = {t: m.init(jax.random.key(i + 1, impl="rbg"), jnp.zeros((1, H, W, 3)))
+                    for i, (t, m) in enumerate(teacher_models.items())}
+    num_steps = 4
+    uniform = mtl.get_method("uniform")
+    step = jax.jit(dense_steps.make_bam_step(MODEL, teacher_models, TASKS, num_steps))
+    batch = _batch(8)
+    state = _state(variables, uniform)
+    new_state, metrics = step(state, teacher_vars, batch)
+    assert float(metrics["bam_lambda"]) == 0.0 and int(new_state.step) == 1
+
+    (preds, _), _ = MODEL.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
+    t_out = {t: np.asarray(teacher_models[t].apply(teacher_vars[t], batch["image"])[0][t],
+                           np.float64) for t in TASKS}
+    p = {t: np.asarray(preds[t], np.float64) for t in TASKS}
+    labels = batch["semantic"]
+    valid = (labels >= 0) & (labels < CLASSES)
+    log_p = p["semantic"] - np.log(np.exp(p["semantic"]).sum(-1, keepdims=True))
+    q = np.exp(t_out["semantic"]) / np.exp(t_out["semantic"]).sum(-1, keepdims=True)
+    sem = -(q * log_p).sum(-1)[valid].mean()
+    dv = batch["depth"][..., 0] != 0
+    dep = np.abs(p["depth"] - t_out["depth"])[..., 0][dv].mean()
+    nv = batch["normal"].sum(-1) != 0
+    unit = p["normal"] / np.linalg.norm(p["normal"], axis=-1, keepdims=True)
+    nor = 1.0 - (unit * t_out["normal"]).sum(-1)[nv].mean()
+    for t, want in zip(TASKS, (sem, dep, nor)):
+        np.testing.assert_allclose(metrics[f"bam_loss/{t}"], want, rtol=1e-4, err_msg=t)
+    np.testing.assert_allclose(metrics["objective"], sem + dep + nor, rtol=1e-4)
+    for t in TASKS:  # the logged task losses are against the ground truth
+        np.testing.assert_allclose(metrics[f"task_loss/{t}"],
+                                   losses.dense_task_loss(t, preds[t], batch[t]), rtol=1e-5)
+
+    _, metrics = step(_state(variables, uniform).replace(step=jnp.asarray(num_steps, jnp.int32)),
+                      teacher_vars, batch)
+    assert float(metrics["bam_lambda"]) == 1.0
+    np.testing.assert_allclose(metrics["objective"], metrics["loss"], rtol=1e-6)
 
 
 def test_eval_sums_ignore_padding_and_add_up(variables):

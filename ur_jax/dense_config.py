@@ -17,6 +17,11 @@ import ml_collections
 MTL_METHODS = ("uniform", "uncertainty", "dwa", "gradnorm", "mgda", "pcgrad", "graddrop",
                "imtl_l", "imtl_g", "imtl_h", "cagrad")
 
+#: What ``config.mtl.method`` takes: those methods and ``'bam'`` (Born-Again Multi-task
+#: networks, distilled from the single-task teachers with teacher annealing; the paper's BAM
+#: row; it needs the ``stl`` stage).
+MTL_STAGE_METHODS = (*MTL_METHODS, "bam")
+
 #: Per dataset: tasks, batch size of the paper's recipe (MTAN: NYU-v2 2, Cityscapes 8).
 DATASETS = {
     "nyuv2": (("semantic", "depth", "normal"), 2),
@@ -56,6 +61,7 @@ def base(dataset: str) -> ml_collections.ConfigDict:
     c.mtl = _adam_stage(batch_size, 200)
     c.mtl.method = "uniform"
     c.mtl.space = ""  # '' = the method's default ('features' for graddrop, else 'params')
+    # (mtl.method 'bam' takes no options and no space; it anneals over the stage's updates)
     c.mtl.options = {}
     c.url = _adam_stage(batch_size, 200)
     c.url.lambdas = {"semantic": 1.0, "depth": 1.0, "normal": 2.0}

@@ -16,9 +16,12 @@ with one of the baselines of :mod:`ur_jax.mtl`, inside one jitted data-parallel 
   pass, then the T per-task gradients by ``vmap`` over the pullback (T backward passes,
   no second forward). In ``'params'`` space they are the gradients of the shared
   parameters, flattened to ``(T, D)``; in ``'features'`` space (LibMTL's ``rep_grad``)
-  they are the gradients w.r.t. the shared decoder feature, and the combined feature
-  gradient is pulled back through the shared network once. Each head gets the
-  (unweighted) gradient of its own task loss.
+  they are the per-example gradients w.r.t. the shared decoder feature ``(T, B, D)``,
+  combined by :meth:`ur_jax.mtl.MTLMethod.combine_features` together with the feature
+  itself (GradDrop sign-corrects them by the feature and sums them over the batch: one mask
+  per feature, as in the paper; the other methods see one flattened ``(T, B*D)`` vector per
+  task), and the combined feature gradient is pulled back through the shared network once.
+  Each head gets the (unweighted) gradient of its own task loss.
 
 A single-task teacher is the same step with one task and the uniform method.
 
@@ -30,6 +33,10 @@ A single-task teacher is the same step with one task and the uniform method.
 with ``s_f`` the student's features (``'bottleneck'`` and ``'decoder'`` by default),
 ``adapter_{t,f}`` a bias-free 1x1 convolution, ``resize`` bilinear to the teacher's
 feature size, and ``g_t`` the frozen single-task teacher ``t``'s ``'decoder'`` feature.
+
+**Born-Again Multi-task networks** (:func:`make_bam_step`, the paper's BAM baseline): the
+multi-task network trained on task targets annealed linearly from the single-task teachers'
+predictions to the ground truth (:func:`ur_jax.losses.dense_bam_loss`).
 
 **Evaluation** (:func:`make_dense_eval_step`) returns sums (confusion matrix, error
 sums, angle histogram) that add up exactly over batches; :func:`ur_jax.evaluation.dense.finalize`
@@ -239,8 +246,15 @@ def make_mtl_step(model, tasks: Sequence[str], method: mtl.MTLMethod, seed: int 
 
         per_task, pull_heads = jax.vjp(head_losses, params[HEADS], z)
         head_grads, z_grads = jax.vmap(pull_heads)(eye)
-        combined, method_grads, weights = method.combine(
-            z_grads.reshape(num_tasks, -1), per_task, state.params["method"], state.mtl_state, rng)
+        batch_size = z.shape[0]
+        if hasattr(method, "combine_features"):
+            combined, method_grads, weights = method.combine_features(
+                z_grads.reshape(num_tasks, batch_size, -1), z.reshape(batch_size, -1),
+                per_task, state.params["method"], state.mtl_state, rng)
+        else:  # a duck-typed method with combine() only: one flattened vector per task
+            combined, method_grads, weights = method.combine(
+                z_grads.reshape(num_tasks, -1), per_task, state.params["method"],
+                state.mtl_state, rng)
         (backbone_grads,) = pull_shared(combined.reshape(z.shape).astype(z.dtype))
         model_grads = {BACKBONE: backbone_grads, HEADS: jax.tree.map(lambda g: g.sum(0), head_grads)}
         new_stats = {**state.batch_stats, BACKBONE: stats} if state.batch_stats else {}
@@ -359,6 +373,73 @@ def make_dense_distill_step(student, adapters, teachers: Mapping[str, Any],
             metrics[f"task_loss/{t}"] = per_task[i]
         metrics["loss"] = jnp.sum(per_task)
         metrics["objective"] = total
+        return state.apply_gradients(grads, stats, state.mtl_state), metrics
+
+    return step
+
+
+# ----------------------------------------------------------------------------- BAM
+
+
+def bam_lambda(step: Array, num_steps: int) -> Array:
+    """Teacher annealing weight of the ground truth at update ``step`` (0-based) of
+    ``num_steps``: ``lambda = clip(step / num_steps, 0, 1)``, float32, going linearly from 0
+    (the first update: pure teacher targets) towards 1 (pure ground truth)."""
+    return jnp.clip(jnp.asarray(step, jnp.float32) / float(max(int(num_steps), 1)), 0.0, 1.0)
+
+
+def make_bam_step(model, teachers: Mapping[str, Any], tasks: Sequence[str], num_steps: int):
+    """``step(state, teacher_vars, batch) -> (state, metrics)``: one update of a Born-Again
+    Multi-task network (BAM; Clark et al., ACL 2019), the BAM baseline of the paper's
+    Table 1.
+
+    The multi-task ``model`` is trained on the uniform sum over tasks of
+    :func:`ur_jax.losses.dense_bam_loss`: each task's target moves linearly from the
+    frozen single-task teacher's prediction (``lambda = 0`` at the first update) to the
+    ground truth (``lambda = step / num_steps`` -> 1, :func:`bam_lambda`; teacher
+    annealing). Teachers run in inference mode on the same (augmented) images and are never
+    differentiated.
+
+    Args:
+      model: the multi-task dense model.
+      teachers: ``{task: single-task teacher model}`` (static); the step's
+        ``teacher_vars`` is ``{task: variables}``.
+      tasks: the tasks trained.
+      num_steps: the number of updates of the run (``lambda`` reaches 1 there).
+
+    ``state`` is a :func:`init_mtl_state` state with the uniform method (``params`` =
+    ``{'model': ..., 'method': {}}``). Metrics: ``loss`` (the sum of the ground-truth task
+    losses), ``objective`` (the BAM loss), ``bam_lambda``, ``task_loss/<t>`` and
+    ``bam_loss/<t>``.
+    """
+    tasks = tuple(tasks)
+    missing = [t for t in tasks if t not in teachers]
+    if missing:
+        raise ValueError(f"BAM needs a single-task teacher per task; task(s) {missing} have "
+                         f"none (teachers: {sorted(teachers)}).")
+
+    def step(state: DenseState, teacher_vars: Mapping[str, Any], batch: Batch):
+        check_batch(batch, tasks)
+        lam = bam_lambda(state.step, num_steps)
+        targets = {}
+        for t in tasks:
+            t_preds, _ = teachers[t].apply(teacher_vars[t], batch["image"], train=False)
+            targets[t] = jax.lax.stop_gradient(t_preds[t].astype(jnp.float32))
+
+        def objective(params):
+            (preds, _), stats = _apply(model, params["model"], state.batch_stats,
+                                       batch["image"], True)
+            per_task = jnp.stack([losses.dense_bam_loss(t, preds[t], batch[t], targets[t], lam)
+                                  for t in tasks])
+            return jnp.sum(per_task), (per_task, preds, stats)
+
+        (total, (per_task, preds, stats)), grads = jax.value_and_grad(
+            objective, has_aux=True)(state.params)
+        gt_losses = jax.lax.stop_gradient(task_losses(preds, batch, tasks))
+        metrics: Metrics = {"objective": total, "loss": jnp.sum(gt_losses), "bam_lambda": lam}
+        for i, t in enumerate(tasks):
+            metrics[f"task_loss/{t}"] = gt_losses[i]
+            metrics[f"bam_loss/{t}"] = per_task[i]
         return state.apply_gradients(grads, stats, state.mtl_state), metrics
 
     return step

@@ -9,7 +9,8 @@ Task and Domain Learning", IJCV 2023):
 * dense-prediction task losses with invalid-pixel handling (NYU-v2 /
   Cityscapes): :func:`semantic_loss`, :func:`depth_loss`,
   :func:`normal_loss`, dispatched by task name through
-  :func:`dense_task_loss`;
+  :func:`dense_task_loss`, and their teacher-annealed form for Born-Again
+  Multi-task networks, :func:`dense_bam_loss`;
 * logit distillation: :func:`kd_kl` (temperature-scaled KL divergence);
 * feature distillation: :func:`normalized_l2`, :func:`cosine_distance`,
   :func:`linear_cka` and :func:`kernel_cka` (RBF kernel CKA, the default
@@ -48,6 +49,7 @@ __all__ = [
     "semantic_loss",
     "depth_loss",
     "normal_loss",
+    "dense_bam_loss",
     "dense_task_loss",
     "DENSE_TASK_LOSSES",
 ]
@@ -645,17 +647,22 @@ def normal_loss(pred: ArrayLike, target: ArrayLike, mask: ArrayLike | None = Non
 
         \mathcal{L} = 1 - \frac{\sum_{b,p \in V} w_b\, \langle \hat n_{b,p}, n_{b,p} \rangle}
                                {\sum_{b,p \in V} w_b},
-        \qquad V = \{(b, p) : n_{b,p} \neq \mathbf{0}\}
+        \qquad V = \{(b, p) : \textstyle\sum_c n_{b,p,c} \neq 0\}
 
     ``\hat n`` is the prediction L2-normalised again over channels (safely:
     :func:`l2_normalize`, so a zero prediction gives cosine 0 and finite gradients). The
-    target is used as given, as in MTAN's loss: ground-truth normals are unit vectors
-    (after bilinear resizing they can be slightly shorter; they are not renormalised).
-    A pixel is valid when any of its three target channels is non-zero.
+    target is used as given, as in MTAN's and the authors' loss (``get_task_loss`` in
+    VICO-UoE/UniversalRepresentations ``DensePred/utils/dense_losses.py``): ground-truth
+    normals are unit vectors (after bilinear resizing they can be slightly shorter; they
+    are not renormalised). A pixel is valid when its three target channels **sum** to
+    non-zero (their ``binary_mask``, the same rule as the normal metrics of
+    :func:`ur_jax.evaluation.dense.normal_stats`): a target such as (0.6, -0.6, 0) is left
+    out.
 
     Args:
       pred: float ``(B, H, W, 3)`` predicted normals.
-      target: float ``(B, H, W, 3)`` ground-truth unit normals, all-zero = invalid.
+      target: float ``(B, H, W, 3)`` ground-truth unit normals; channels summing to 0 =
+        invalid.
       mask: optional ``(B,)`` float weight per example (0 for padding examples).
 
     Returns:
@@ -669,7 +676,7 @@ def normal_loss(pred: ArrayLike, target: ArrayLike, mask: ArrayLike | None = Non
     target = _f32(target)
     _check_dense_pair("normal_loss", pred, target, 3)
     weights = _example_weights("normal_loss", mask, pred.shape[0])
-    valid = jnp.any(target != 0, axis=-1)
+    valid = jnp.sum(target, axis=-1) != 0
     cos = jnp.sum(l2_normalize(pred) * target, axis=-1)
     return _masked_pixel_mean(1.0 - cos, valid, weights)
 
@@ -707,3 +714,78 @@ def dense_task_loss(
             f"Unknown dense task {task!r}; valid tasks are {sorted(DENSE_TASK_LOSSES)}."
         ) from None
     return fn(pred, target, mask)
+
+
+def dense_bam_loss(
+    task: str, pred: ArrayLike, target: ArrayLike, teacher_pred: ArrayLike,
+    lam: ArrayLike, mask: ArrayLike | None = None,
+) -> jax.Array:
+    r"""Teacher-annealed task loss of Born-Again Multi-task networks (BAM; Clark et al.,
+    ACL 2019) for one dense task: the task loss towards the target
+    ``lam * ground truth + (1 - lam) * teacher prediction``.
+
+    ``lam`` goes linearly from 0 (pure teacher target: distillation of the single-task
+    teacher) to 1 (pure ground truth: exactly :func:`dense_task_loss`) over training. The
+    pixels are those of the task loss (where the ground truth is valid) throughout.
+
+    * ``'semantic'``: cross-entropy to the soft target
+      ``lam * onehot(y) + (1 - lam) * softmax(teacher_logits)`` (temperature 1, as in BAM),
+      i.e. ``lam * CE(y) + (1 - lam) * CE(softmax(teacher))`` per pixel, averaged over pixels
+      with ``0 <= y < C``.
+    * ``'depth'``: L1 to the mixed depth ``lam * d + (1 - lam) * d_teacher`` over pixels with
+      ``d != 0`` (BAM mixes regression targets the same way).
+    * ``'normal'``: ``1 - cos`` between the L2-normalised prediction and the mixed normal
+      ``lam * n + (1 - lam) * n_teacher`` (not renormalised, like the ground truth in
+      :func:`normal_loss`; the loss is then exactly ``lam`` times the loss to the ground
+      truth plus ``1 - lam`` times the loss to the teacher), over pixels whose ground-truth
+      channels sum to non-zero.
+
+    The authors' DensePred code has no BAM baseline; this follows Clark et al.'s teacher
+    annealing with the single-task teachers' predictions. The teacher prediction is not
+    differentiated (wrap it in ``jax.lax.stop_gradient`` or pass constants).
+
+    Args:
+      task: ``'semantic'``, ``'depth'`` or ``'normal'``.
+      pred: the student's head output (logits ``(B, H, W, C)``, depth ``(B, H, W, 1)`` or
+        normals ``(B, H, W, 3)``).
+      target: the ground truth (labels ``(B, H, W)`` int32 with -1 = ignore, depth with
+        0 = invalid, or normals).
+      teacher_pred: the single-task teacher's output, the shape of ``pred``.
+      lam: scalar weight of the ground truth, in ``[0, 1]`` (may be traced).
+      mask: optional ``(B,)`` float weight per example.
+
+    Returns:
+      float32 scalar (0.0 when no pixel is valid).
+
+    Raises:
+      ValueError: for an unknown task or mismatched shapes.
+    """
+    if task not in DENSE_TASK_LOSSES:
+        raise ValueError(
+            f"Unknown dense task {task!r}; valid tasks are {sorted(DENSE_TASK_LOSSES)}."
+        )
+    pred = _f32(pred)
+    teacher = jax.lax.stop_gradient(_f32(teacher_pred))
+    if teacher.shape != pred.shape:
+        raise ValueError(
+            f"dense_bam_loss({task!r}): the teacher prediction must have the student's shape "
+            f"{tuple(pred.shape)}; found {tuple(teacher.shape)}."
+        )
+    lam = jnp.asarray(lam, jnp.float32)
+    if task == "semantic":
+        gt_loss = semantic_loss(pred, target, mask)
+        labels = jnp.asarray(target)
+        valid = (labels >= 0) & (labels < pred.shape[-1])
+        soft = -jnp.sum(jax.nn.softmax(teacher, axis=-1) * jax.nn.log_softmax(pred, axis=-1),
+                        axis=-1)
+        teacher_loss = _masked_pixel_mean(
+            soft, valid, _example_weights("dense_bam_loss", mask, pred.shape[0]))
+        return lam * gt_loss + (1.0 - lam) * teacher_loss
+    target = _f32(target)
+    _check_dense_pair(f"dense_bam_loss({task!r})", pred, target, 1 if task == "depth" else 3)
+    weights = _example_weights("dense_bam_loss", mask, pred.shape[0])
+    mixed = lam * target + (1.0 - lam) * teacher
+    if task == "depth":
+        return _masked_pixel_mean(jnp.abs(pred - mixed), target != 0, weights)
+    cos = jnp.sum(l2_normalize(pred) * mixed, axis=-1)
+    return _masked_pixel_mean(1.0 - cos, jnp.sum(target, axis=-1) != 0, weights)

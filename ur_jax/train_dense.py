@@ -9,7 +9,9 @@
 ``mtl``
     one shared network with a head per task, trained with the multi-task method
     ``config.mtl.method`` (uniform, uncertainty, DWA, GradNorm, MGDA, PCGrad, GradDrop,
-    IMTL-L/G/H, CAGrad; :mod:`ur_jax.mtl`);
+    IMTL-L/G/H, CAGrad; :mod:`ur_jax.mtl`), or ``'bam'``: Born-Again Multi-task networks,
+    task targets annealed linearly from the ``stl`` teachers' predictions to the ground
+    truth (:func:`ur_jax.dense_steps.make_bam_step`);
 ``url``
     the universal student distilled from the frozen single-task teachers through
     per-task adapters on its bottleneck and decoder features
@@ -55,6 +57,9 @@ from ur_jax.data import registry
 from ur_jax.evaluation import dense as dense_eval
 
 STAGES = ("stl", "mtl", "url")
+#: ``config.mtl.method`` values: the methods of :mod:`ur_jax.mtl` and BAM, which distils the
+#: single-task teachers (it needs the ``stl`` stage).
+MTL_STAGE_METHODS = (*mtl.METHODS, "bam")
 #: Output channels of each task's head (semantic: the dataset's class count).
 TASK_CHANNELS = {"depth": 1, "normal": 3}
 #: The metrics printed per task, in the NYU-v2 table's order.
@@ -213,8 +218,45 @@ def _method(config, data: registry.DenseData) -> mtl.MTLMethod:
     return mtl.get_method(m.method, **options)
 
 
-def train_mtl(config, data: registry.DenseData, mesh, writer, workdir):
-    """The ``mtl`` stage: ``(model, variables)`` of the multi-task baseline."""
+@functools.cache
+def _bam_step_fn(model, teachers: tuple[tuple[str, Any], ...], tasks: tuple[str, ...],
+                 num_steps: int, mesh):
+    step = dense_steps.make_bam_step(model, dict(teachers), tasks, num_steps)
+    return sharding.jit_data_parallel(step, mesh, batch_argnums=(2,), num_args=3)
+
+
+def train_bam(config, data: registry.DenseData, teachers, mesh, writer, workdir):
+    """The ``mtl`` stage with ``config.mtl.method = 'bam'``: ``(model, variables)`` of a
+    Born-Again Multi-task network distilled from the frozen ``stl`` teachers with teacher
+    annealing over the stage's updates (the paper's BAM baseline, Table 1)."""
+    tasks = tuple(config.tasks)
+    stage = config.mtl
+    model = checkpointing.model_from_spec(_spec(config, data, tasks))
+    variables = _init_model(model, config, train._seed(config, 12), data.image_shape)
+    parameter_overview.log_parameter_overview(variables["params"], msg="[mtl] parameters")
+    spe = _steps_per_epoch(data, stage.batch_size)
+    uniform = mtl.get_method("uniform")
+    state = dense_steps.init_mtl_state(variables, uniform, len(tasks), _stage_adam(stage, spe))
+    state = sharding.replicate(state, mesh)
+    teacher_vars = sharding.replicate(
+        {t: {k: v for k, v in teachers[t][1].items() if k in ("params", "batch_stats")}
+         for t in tasks}, mesh)
+    step_fn = _bam_step_fn(model, tuple((t, teachers[t][0]) for t in tasks), tasks,
+                           stage_steps(stage, spe), mesh)
+    state = _fit("mtl", step_fn, state, data, stage, config, mesh, writer, workdir,
+                 train._seed(config, 12, 1), teacher_vars=teacher_vars)
+    return model, {"params": state.params["model"], "batch_stats": state.batch_stats}
+
+
+def train_mtl(config, data: registry.DenseData, mesh, writer, workdir, teachers=None):
+    """The ``mtl`` stage: ``(model, variables)`` of the multi-task baseline (``teachers``,
+    the ``stl`` stage's ``{task: (model, variables)}``, are needed by BAM only)."""
+    if config.mtl.method == "bam":
+        if teachers is None:
+            raise ValueError("config.mtl.method='bam' distils the single-task teachers: run "
+                             "it with stage 'stl' (which may load them from "
+                             "config.teachers.checkpoints.<task>).")
+        return train_bam(config, data, teachers, mesh, writer, workdir)
     method = _method(config, data)
     space = config.mtl.space or method.space
     model = checkpointing.model_from_spec(_spec(config, data, config.tasks))
@@ -333,9 +375,20 @@ def validate_config(config: ml_collections.ConfigDict, mesh: Mesh | None = None)
     if config.eval_batch_size % n:
         raise ValueError(f"config.eval_batch_size={config.eval_batch_size} must be a multiple of "
                          f"the {n} devices.")
-    if "mtl" in config.stages and config.mtl.method not in mtl.METHODS:
+    if "mtl" in config.stages and config.mtl.method not in MTL_STAGE_METHODS:
         raise ValueError(f"Unknown multi-task method config.mtl.method={config.mtl.method!r}; "
-                         f"expected one of {mtl.METHODS}.")
+                         f"expected one of {MTL_STAGE_METHODS}.")
+    if "mtl" in config.stages and config.mtl.method == "bam":
+        if "stl" not in config.stages:
+            raise ValueError("config.mtl.method='bam' needs stage 'stl' (BAM distils the "
+                             "single-task teachers; the stage may load them from "
+                             "config.teachers.checkpoints.<task>).")
+        options = config.mtl.options
+        options = dict(options.to_dict() if hasattr(options, "to_dict") else options)
+        if options or config.mtl.space:
+            raise ValueError(f"config.mtl.method='bam' takes no options and no space; found "
+                             f"config.mtl.options={options}, config.mtl.space="
+                             f"{config.mtl.space!r}. Clear them.")
     if "url" in config.stages and "stl" not in config.stages:
         raise ValueError("Stage 'url' needs stage 'stl' (it may load the teachers from "
                          "config.teachers.checkpoints.<task>).")
@@ -368,7 +421,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
             results["stl"]["delta_mtl"] = _deltas(results["stl"], None, data.reference)
         stl = {t: results["stl"][t] for t in config.tasks if t in results["stl"]} or None
         if "mtl" in config.stages:
-            model, variables = train_mtl(config, data, mesh, writer, workdir)
+            model, variables = train_mtl(config, data, mesh, writer, workdir, teachers)
             res = evaluate(model, variables, data, config.tasks, config, mesh)
             res["delta_mtl"] = _deltas(res, stl, data.reference)
             res["method"] = config.mtl.method
@@ -395,5 +448,5 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
     return results
 
 
-__all__ = ["STAGES", "evaluate", "format_table", "run", "stage_steps", "train_mtl", "train_stl",
-           "train_url", "validate_config"]
+__all__ = ["MTL_STAGE_METHODS", "STAGES", "evaluate", "format_table", "run", "stage_steps",
+           "train_bam", "train_mtl", "train_stl", "train_url", "validate_config"]

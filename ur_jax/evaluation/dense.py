@@ -17,17 +17,23 @@ Statistics (counts are int32, sums float32):
   pixels with ``0 <= label < C``. int32 holds up to ``2**31 - 1`` pixels per cell
   (NYU-v2 test: 654 x 288 x 384 = 72M pixels in all).
 * depth: ``abs_err_sum`` (sum |p - g|), ``rel_err_sum`` (sum |p - g| / |g|),
-  ``sq_err_sum`` (sum (p - g)^2), ``count``, over pixels with ``g != 0``.
+  ``sq_err_sum`` (sum (p - g)^2), ``count``, over pixels with ``g != 0``, with the
+  prediction clamped to ``p >= 1e-9`` first (:data:`DEPTH_MIN_PRED`; see
+  :func:`depth_stats`).
 * normal: ``angle_sum`` and ``angle_sq_sum`` (degrees, degrees^2), ``count``,
   ``n_within_11_25`` / ``n_within_22_5`` / ``n_within_30`` (angle strictly below the
   threshold) and ``hist``, an int32 histogram of the angles over ``[0, 180]`` degrees with
   ``bins`` equal bins (default :data:`DEFAULT_NORMAL_BINS` = 18000, i.e. **0.01 degree
   wide**); the median is read from it (see :func:`finalize`), so it is the median over
   every valid pixel of the test set, not a mean of per-batch medians. Pixels are valid
-  when any target channel is non-zero. The angle is ``degrees(arccos(clip(<n1, n2>, -1,
-  1)))`` of the L2-normalised prediction and target (MTAN's definition; float32
-  ``arccos`` resolves angles near 0 only to about 0.02 degree, which matters for neither
-  the mean nor the thresholds).
+  when the target's channels **sum** to non-zero, and the angle is ``degrees(arccos(clip(
+  <p / |p|, g>, -1, 1)))`` of the L2-normalised prediction and the target **as given**
+  (not renormalised); see :func:`normal_stats` (float32 ``arccos`` resolves angles near 0
+  only to about 0.02 degree, which matters for neither the mean nor the thresholds).
+
+The depth and normal conventions are those with which the authors computed the paper's
+numbers (VICO-UoE/UniversalRepresentations, ``DensePred/utils/evaluation.py``:
+``DepthMeter``, ``NormalsMeter``; the normal rules are also MTAN's).
 
 Float32 sums of a whole test set carry a relative round-off of about 1e-6 (at most
 ~1e-5 over 1000 batches); all counts are exact.
@@ -76,6 +82,7 @@ Stats = dict[str, jax.Array]
 __all__ = [
     "DEFAULT_DELTA_METRICS",
     "DEFAULT_NORMAL_BINS",
+    "DEPTH_MIN_PRED",
     "METRIC_DIRECTIONS",
     "NORMAL_THRESHOLDS",
     "NYUV2_PAPER_DELTA_MTL",
@@ -98,6 +105,10 @@ TASKS: tuple[str, ...] = ("semantic", "depth", "normal")
 
 DEFAULT_NORMAL_BINS = 18000
 """Histogram bins over [0, 180] degrees: 0.01 degree each, median error <= 0.005 degree."""
+
+DEPTH_MIN_PRED = 1e-9
+"""Depth predictions are clamped to at least this value before their errors are taken (the
+authors' ``DepthMeter``: only positive depths are possible)."""
 
 NORMAL_THRESHOLDS: tuple[float, ...] = (11.25, 22.5, 30.0)
 """Angle thresholds (degrees) of the 'within' normal metrics."""
@@ -322,19 +333,29 @@ def semantic_stats(
     return {"confusion": _confusion(labels.astype(jnp.int32), pred, valid, c)}
 
 
-def depth_stats(pred: ArrayLike, target: ArrayLike, mask: ArrayLike | None = None) -> Stats:
+def depth_stats(pred: ArrayLike, target: ArrayLike, mask: ArrayLike | None = None,
+                min_pred: float | None = DEPTH_MIN_PRED) -> Stats:
     """Error sums of one batch of depth prediction over pixels with ``target != 0``.
+
+    The prediction is first clamped to ``p >= min_pred`` (default 1e-9), as the authors'
+    ``DepthMeter`` does for the paper's numbers (VICO-UoE/UniversalRepresentations,
+    ``DensePred/utils/evaluation.py``): a target of 2.0 with a prediction of -1.0 has an
+    absolute error of 2.0, not 3.0. All three sums use the clamped prediction (the
+    ``DepthMeter`` reports the absolute error and RMSE of it; it has no relative error, which
+    is taken here of the same clamped prediction). ``min_pred=None`` keeps the raw
+    prediction (MTAN's ``depth_error``, and the authors' training-time log).
 
     Args:
       pred: float ``(B, H, W, 1)``.
       target: float ``(B, H, W, 1)``, 0 = invalid (metric depth on NYU-v2, inverse depth
         on Cityscapes).
       mask: optional ``(B,)``; examples with ``mask <= 0`` are not counted.
+      min_pred: the clamp, in the target's units, or ``None`` for none.
 
     Returns:
       ``{'abs_err_sum', 'rel_err_sum', 'sq_err_sum'}`` float32 scalars (sums over valid
-      pixels of ``|p - g|``, ``|p - g| / |g|`` and ``(p - g)^2``) and ``'count'`` (int32,
-      number of valid pixels).
+      pixels of ``|p - g|``, ``|p - g| / |g|`` and ``(p - g)^2``, ``p`` clamped) and
+      ``'count'`` (int32, number of valid pixels).
 
     Raises:
       ValueError: if the shapes differ or the last axis is not 1.
@@ -342,6 +363,8 @@ def depth_stats(pred: ArrayLike, target: ArrayLike, mask: ArrayLike | None = Non
     p = _float(pred)
     g = _float(target)
     _check_pair("depth_stats", p, g, 1)
+    if min_pred is not None:
+        p = jnp.maximum(p, jnp.asarray(min_pred, p.dtype))
     valid = _and_mask(g != 0, _valid_examples("depth_stats", mask, p.shape[0]))
     diff = jnp.where(valid, jnp.abs(p - g), 0.0)
     rel = diff / jnp.where(valid, jnp.abs(g), 1.0)
@@ -364,12 +387,18 @@ def normal_stats(
 ) -> Stats:
     """Angular-error statistics of one batch of surface-normal prediction.
 
-    The angle of a pixel is ``degrees(arccos(clip(<p/|p|, g/|g|>, -1, 1)))``; pixels whose
-    target has any non-zero channel are valid.
+    The angle of a pixel is ``degrees(arccos(clip(<p / |p|, g>, -1, 1)))``: the prediction
+    is L2-normalised, the target is used as given (ground-truth normals are unit vectors;
+    after resizing they can be slightly shorter and are not renormalised). A pixel is valid
+    when its target channels sum to non-zero (``sum(g) != 0``). Both rules are those of the
+    authors' ``NormalsMeter`` (the paper's numbers; VICO-UoE/UniversalRepresentations,
+    ``DensePred/utils/evaluation.py``) and MTAN's ``normal_error``: a target (0.6, -0.6, 0)
+    is not counted, and a target (0.8, 0, 0) with a prediction (1, 0, 0) has an angle of
+    ``degrees(arccos(0.8))`` = 36.87 degrees.
 
     Args:
       pred: float ``(B, H, W, 3)`` (need not be unit length).
-      target: float ``(B, H, W, 3)``, all-zero = invalid.
+      target: float ``(B, H, W, 3)``, unit normals; channels summing to 0 = invalid.
       mask: optional ``(B,)``; examples with ``mask <= 0`` are not counted.
       bins: number of equal histogram bins over ``[0, 180]`` degrees (bin width
         ``180 / bins`` degrees; the default 18000 gives 0.01 degree bins and a median
@@ -390,9 +419,9 @@ def normal_stats(
     g = _float(target)
     _check_pair("normal_stats", p, g, 3)
     valid = _and_mask(
-        jnp.any(g != 0, axis=-1), _valid_examples("normal_stats", mask, p.shape[0])
+        jnp.sum(g, axis=-1) != 0, _valid_examples("normal_stats", mask, p.shape[0])
     )
-    cos = jnp.clip(jnp.sum(_unit(p) * _unit(g), axis=-1), -1.0, 1.0)
+    cos = jnp.clip(jnp.sum(_unit(p) * g, axis=-1), -1.0, 1.0)
     angle = jnp.degrees(jnp.arccos(cos))
     angle = jnp.where(valid, angle, 0.0)
     width = 180.0 / bins
