@@ -5,10 +5,21 @@ domain per iteration) with the task losses only, from the ImageNet teacher.
 `:parallel` adds Rebuffi et al.'s parallel residual adapters (the "Parallel RA" row),
 `:series` their series adapters.
 
-Run (one GPU), loading the teachers of decathlon_sdl.py (otherwise they are trained first):
+Protocol: the authors' release (VICO-UoE/UniversalRepresentations, VisualDecathlon/,
+train_mdl.py, run_train_mdl_train+val.sh): trained on train + val (`train_split=
+'train+val'`), the last model kept, scored on the labelled test split; fixed per-domain
+mean/std (Rebuffi et al.); the student sees every 64 px crop bilinearly resized to 72 x 72
+(imagenet12's crop size, `model.student_input_size=72`; as `trainmdl` / `urltest` do with
+kornia), in training and evaluation, while the teachers see their native crops.
+`--config.train_split=train` selects the model on validation instead;
+`--config.model.student_input_size=0` feeds the native 64 px crops.
+
+Run (one GPU), loading the teachers of decathlon_sdl.py (trained on train + val as well;
+otherwise they are trained first):
 
     python -m ur_jax.main --config configs/decathlon_mdl.py --workdir runs/decathlon_mdl \\
         --config.manual_dir=PATH/TO/folder/holding/decathlon-1.0 \\
+        --config.train_split=train+val \\
         --config.teachers.checkpoints.imagenet12=runs/decathlon_sdl/teachers/imagenet12/model \\
         --config.teachers.checkpoints.aircraft=runs/decathlon_sdl/teachers/aircraft/model ...
 
@@ -18,7 +29,8 @@ OGlt, SVHN, UCF), mean 77.16, score 2866; Parallel RA mean 78.07, score 3412. No
 reproduced here: no GPU run has been made. results.json: per-domain accuracy, decathlon
 score, Delta_MDL against the run's teachers and against the paper's Finetune row.
 
-`:smoke` / `:parallel,smoke`: a seconds-long run on a fake tree (see decathlon_sdl.py).
+`:smoke` / `:parallel,smoke`: a seconds-long run on a fake tree (see decathlon_sdl.py;
+train split only, with model selection).
 """
 
 from __future__ import annotations

@@ -1,13 +1,22 @@
 """Visual Decathlon single-domain teachers (SDL, the "Finetune" baseline): ResNet-26, one
 network per domain; ImageNet from scratch, every other domain fine-tuned from it.
 
+Protocol: the authors' release (VICO-UoE/UniversalRepresentations, VisualDecathlon/,
+run_train_sdl_train+val.sh): trained on train + val (`train_split='train+val'`), the last
+model kept, images normalised with Rebuffi et al.'s fixed per-domain mean/std; scored on the
+test split with its labels (see README, "Multi-domain learning on the Visual Decathlon", for
+the labelled test annotations). `--config.train_split=train` trains on train only and keeps
+the model with the best validation accuracy instead.
+
 Data: the local decathlon-1.0/ (data/ with the images, annotations/ with the COCO-style
-json files; https://www.robots.ox.ac.uk/~vgg/decathlon/), prepared on first use.
+json files, plus <d>_test.json from the authors' labels_test.zip;
+https://www.robots.ox.ac.uk/~vgg/decathlon/), prepared on first use.
 
 Run all ten (one GPU; 120 epochs x 100 iterations each, SGD, lr x0.1 at epochs 80 and 100):
 
     python -m ur_jax.main --config configs/decathlon_sdl.py --workdir runs/decathlon_sdl \\
-        --config.manual_dir=PATH/TO/folder/holding/decathlon-1.0
+        --config.manual_dir=PATH/TO/folder/holding/decathlon-1.0 \\
+        --config.train_split=train+val
 
 or one domain (`:dtd`; the ImageNet teacher is trained first unless given with
 --config.teachers.checkpoints.imagenet12=runs/decathlon_sdl/teachers/imagenet12/model).
@@ -17,10 +26,11 @@ Expected (PAPER.md §2, Table 2 "Finetune", test accuracy %): ImNet 59.87, Airc 
 C100 82.12, DPed 92.82, DTD 55.53, GTSR 97.53, Flwr 81.41, OGlt 87.69, SVHN 96.55,
 UCF 51.20; mean 76.51; decathlon score 2500 (by construction of the score). Not yet
 reproduced here: no GPU run has been made. Without test labels (the challenge's stripped
-test file) results are on the validation split and <workdir>/predictions/teachers_test.json
-is the challenge's results file; add annotations/<d>_test.json to score the test split.
+test file) results are on the validation split (with train+val: images the teachers were
+trained on) and <workdir>/predictions/teachers_test.json is the challenge's results file.
 
-`:smoke` (or `:dtd,smoke`): a seconds-long run on a fake tree, for tests:
+`:smoke` (or `:dtd,smoke`): a seconds-long run on a fake tree, for tests (train split only,
+with model selection):
 
     python -m ur_jax.data.decathlon --fake /tmp/fake_decathlon
     python -m ur_jax.main --config configs/decathlon_sdl.py:smoke --workdir /tmp/dec_sdl \\

@@ -185,7 +185,7 @@ def test_metadata_round_trips_and_matches_numpy(tree: Path, data_dir: Path):
         assert builder.is_prepared()
         assert dict(builder.info.metadata) == meta
         assert builder.info.splits["train"].num_examples == N_CLS * PER_CLASS[0]
-        norm = dec.normalization(d, data_dir)
+        norm = dec.normalization(d, data_dir, stats="estimated")
         assert isinstance(norm, pipeline.Normalization)
         np.testing.assert_allclose(norm.mean, meta["mean"])
         np.testing.assert_allclose(norm.std, meta["std"])
@@ -506,3 +506,80 @@ def test_tfds_source_with_a_stand_in_builder(tree: Path, tmp_path: Path, monkeyp
     assert len(src) == len(records)
     assert [src[i]["image_id"] for i in range(len(src))] == [im["id"] for im in val["images"]]
     assert src[0]["label"] == 1 and src[0]["image"].shape == (72, 80, 3)
+
+
+# --------------------------------------------------------------------------- #
+# Issue 14 (protocol fidelity): published constants, train + val, strict decoding.
+# --------------------------------------------------------------------------- #
+
+# Rebuffi et al.'s decathlon_mean_std.pickle, as reference/PAPER.md section 2 lists it
+# (mean, std per RGB channel), typed here independently of the module.
+PUBLISHED = {
+    "imagenet12": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "aircraft": ((0.47983041, 0.51074066, 0.53437998), (0.21070221, 0.20508901, 0.23729657)),
+    "cifar100": ((0.50705882, 0.48666667, 0.44078431), (0.26745098, 0.25647059, 0.27607843)),
+    "daimlerpedcls": ((0.48203529,) * 3, (0.23612616,) * 3),
+    "dtd": ((0.52696497, 0.47025164, 0.42396662), (0.25226877, 0.2409176, 0.2499409)),
+    "gtsrb": ((0.33921263, 0.3117836, 0.32047045), (0.27560347, 0.26576119, 0.27089863)),
+    "vgg-flowers": ((0.43414682, 0.38309883, 0.29714763), (0.28509808, 0.23842338, 0.2639633)),
+    "omniglot": ((0.08099839,) * 3, (0.27046935,) * 3),
+    "svhn": ((0.4376821, 0.4437697, 0.47280442), (0.19803012, 0.20101562, 0.19703614)),
+    "ucf101": ((0.49953101, 0.49880386, 0.49981996), (0.10898684, 0.10810246, 0.10679939)),
+}
+
+
+def test_normalization_uses_the_published_constants(data_dir: Path):
+    assert set(PUBLISHED) == set(dec.DOMAINS)
+    pixels = np.array([[[[0, 128, 255]]]], np.uint8)  # (1, 1, 1, 3)
+    for d, (mean, std) in PUBLISHED.items():
+        norm = dec.normalization(d)  # no data needed: fixed constants
+        np.testing.assert_array_equal(norm.mean, mean)
+        np.testing.assert_array_equal(norm.std, std)
+        want = (np.array([0, 128, 255]) / 255.0 - np.array(mean)) / np.array(std)
+        np.testing.assert_allclose(norm(pixels)[0, 0, 0], want, rtol=1e-6, atol=1e-6)
+    # e.g. dtd's green channel at 128: (128 / 255 - 0.47025164) / 0.2409176
+    assert dec.normalization("dtd")(pixels)[0, 0, 0, 1] == pytest.approx(
+        (128 / 255 - 0.47025164) / 0.2409176, rel=1e-6)
+    # the prepared builder's estimate stays available, and differs on the fake images
+    est = dec.normalization("omniglot", data_dir, stats="estimated")
+    assert est.mean == tuple(dec.metadata("omniglot", data_dir)["mean"])
+    assert dec.normalization("omniglot", data_dir).mean == PUBLISHED["omniglot"][0]
+    with pytest.raises(ValueError, match="stats='estimated'.*data_dir"):
+        dec.normalization("dtd", stats="estimated")
+    with pytest.raises(ValueError, match="Unknown normalization stats"):
+        dec.normalization("dtd", data_dir, stats="imagenet")
+
+
+def test_train_val_split_is_the_union(tree: Path, data_dir: Path):
+    for d in DOMAINS:
+        union = dec.data_source(d, dec.TRAIN_VAL, data_dir)
+        assert dec.TRAIN_VAL == "train+val"
+        # count: every train and every val image once
+        assert len(union) == N_CLS * (PER_CLASS[0] + PER_CLASS[1])
+        # labels: from the annotation files, read directly
+        want = {}
+        for split in ("train", "val"):
+            ann = _ann(tree, d, split)
+            cats = sorted(c["id"] for c in ann["categories"])
+            want.update({a["image_id"]: cats.index(a["category_id"]) for a in ann["annotations"]})
+        recs = _records(union)
+        assert sorted(r["image_id"] for r in recs) == sorted(want)
+        assert {r["image_id"]: r["label"] for r in recs} == want
+        assert union[-1]["image_id"] == recs[-1]["image_id"]
+    with pytest.raises(IndexError):
+        union[len(union)]
+    with pytest.raises(ValueError, match="Unknown split"):
+        dec.data_source("dtd", "train+test", data_dir)
+
+
+def test_decode_refuses_arrays_that_are_not_uint8(tree: Path):
+    wide = np.full((4, 4, 3), 300, np.uint16)  # a cast to uint8 would give 44
+    with pytest.raises(ValueError, match="dtype uint16"):
+        dec.decode(wide)
+    with pytest.raises(ValueError, match="dtype float32"):
+        dec.decode(np.full((4, 4), 0.5, np.float32))
+    with pytest.raises(ValueError, match="dtype int64"):
+        dec.decode(np.zeros(16, np.int64))  # not the bytes of a file either
+    np.testing.assert_array_equal(dec.decode(np.ones((2, 2), bool)), np.full((2, 2, 3), 255))
+    np.testing.assert_array_equal(dec.decode(np.full((2, 2, 1), 7, np.uint8)),
+                                  np.full((2, 2, 3), 7))

@@ -178,3 +178,147 @@ def test_cli_writes_a_fake_tree(tmp_path):
     assert files == ["dtd_test_stripped.json", "dtd_train.json", "dtd_val.json"]
     assert np.any([f.endswith(".jpg") for f in os.listdir(
         tmp_path / "decathlon-1.0" / "data" / "dtd" / "test")])
+
+
+# ----------------------------------------------------------------------------- issue 14 protocol
+
+def test_paper_configs_follow_the_authors_protocol():
+    for name in ("decathlon_sdl.py", "decathlon_mdl.py", "decathlon_url.py",
+                 "decathlon_url_parallel.py"):
+        c = _config(name, None)
+        assert c.train_split == "train+val", name
+        assert c.decathlon_normalization == "published", name
+        assert "--config.train_split=train+val" in open(os.path.join(ROOT, "configs", name)).read()
+        assert _config(name).train_split == "train"  # smoke: validation selection
+    assert _config("decathlon_mdl.py", None).model.student_input_size == 72
+    assert _config("decathlon_mdl.py", "parallel").model.student_input_size == 72
+    assert _config("decathlon_url.py", None).model.student_input_size == 72
+    # the authors' adapter code (trainurlad, urltest(ad=True)) feeds the native crops
+    assert _config("decathlon_url_parallel.py", None).model.student_input_size == 0
+
+
+def test_train_plus_val_trains_on_both_splits_and_keeps_the_last_model(tree, tmp_path):
+    """train_split='train+val': every domain's training source is the union of its train and
+    val examples (count and labels), no validation selection runs, the labelled test split
+    is scored; the smoke config runs end to end."""
+    from ur_jax.data import registry
+
+    manual, data_dir = tree["labelled"]
+    config = _config("decathlon_mdl.py", manual_dir=manual, data_dir=data_dir,
+                     train_split="train+val")
+    data = registry.load_classification(config)
+    for d in config.domains:
+        want = {}
+        for split in ("train", "val"):
+            path = os.path.join(manual, "decathlon-1.0", "annotations", f"{d}_{split}.json")
+            with open(path) as f:
+                ann = json.load(f)
+            cats = sorted(c["id"] for c in ann["categories"])
+            want.update({a["image_id"]: cats.index(a["category_id"]) for a in ann["annotations"]})
+        src = data.train[d]
+        assert len(src) == len(want) == 5 * (3 + 2)  # fake tree: 5 classes, 3 train + 2 val
+        assert {int(src[i]["image_id"]): int(src[i]["label"]) for i in range(len(src))} == want
+    results = train.run(config, str(tmp_path))
+    assert results["evaluated_on"] == "test"
+    assert not os.path.exists(tmp_path / "selection")  # no model selection: the last model
+    for row in ("teachers", "mdl"):
+        for d in config.domains:
+            assert 0 <= results[row][d]["accuracy"] <= 100
+    _check_scores(results, config)
+    # without test labels the validation numbers are flagged as seen in training
+    assert "trained on: train_split=train+val" in train.format_table(
+        {**results, "evaluated_on": "val"})
+    with pytest.raises(ValueError, match="train_split"):
+        registry.load_classification(_config("decathlon_mdl.py", manual_dir=manual,
+                                             data_dir=data_dir, train_split="trainval"))
+
+
+def test_url_student_sees_72_px_crops_and_teachers_their_native_64(tree):
+    """A URL step on an imagenet12 + aircraft batch of the smoke config: the student's
+    aircraft images are the batch's 64 x 64 crops resized to 72 x 72 (bilinear, corners
+    aligned, as kornia.augmentation.Resize), its imagenet12 images unchanged; the aircraft
+    teacher gets the 64 x 64 crops; images are normalised with the published constants."""
+    import flax.linen as nn
+    import jax
+
+    from ur_jax import optim, steps
+    from ur_jax.adapters import AlignmentAdapters
+    from ur_jax.data import pipeline, registry
+    from ur_jax.models import ResNet26
+    from ur_jax.teachers import stack_teachers
+
+    manual, data_dir = tree["stripped"]
+    config = _config("decathlon_url.py", manual_dir=manual, data_dir=data_dir)
+    assert tuple(config.domains) == ("imagenet12", "aircraft")
+    data = registry.load_classification(config)
+    for d in config.domains:
+        assert data.normalize(d) == decathlon.normalization(d)  # published, not estimated
+    assert data.normalize("aircraft").mean == (0.47983041, 0.51074066, 0.53437998)
+    assert train.student_input_sizes(config, data) == {"aircraft": 72}
+    student = train._student(config, data)
+    assert tuple(student.input_sizes) == (("aircraft", 72),)
+    batch = next(iter(pipeline.train_batches(
+        {d: data.train[d] for d in config.domains}, {d: 8 for d in config.domains}, seed=0,
+        augment=data.train_transform, normalize={d: data.normalize(d) for d in config.domains})))
+    assert batch["aircraft"]["image"].shape == (8, 64, 64, 3)
+    images = {d: b["image"] for d, b in batch.items()}
+    seen = {"student": {}, "teacher": {}}
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, ResNet26) and context.method_name == "__call__":
+            who = "student" if context.module.domains else "teacher"
+            seen[who][kwargs.get("domain") or args[0].shape] = args[0]
+        return next_fun(*args, **kwargs)
+
+    def url_step(batch):  # teachers, student and adapters set up as train_url does
+        teachers = {}
+        for i, d in enumerate(config.domains):
+            model = checkpointing.model_from_spec(train._spec(config, {d: data.num_classes[d]}))
+            assert not model.input_sizes
+            teachers[d] = (model, model.init(jax.random.key(i), {d: batch[d]["image"]}))
+        bank, teacher_vars = stack_teachers(teachers, {d: (8,) + data.shape(d)
+                                                       for d in config.domains})
+        adapters = AlignmentAdapters(tuple((d, 16) for d in config.domains), kind="linear")
+        state = steps.init_distill_state(student, adapters, jax.random.key(0), images,
+                                         optax.sgd(0.01), optim.adam(1e-3))
+        step = steps.make_distill_step(student, adapters, bank, train._distill_config(
+            config, config.domains), num_shards=1)
+        seen["student"].clear()  # the step's calls, not init's
+        seen["teacher"].clear()
+        with nn.intercept_methods(record):
+            return step(state, teacher_vars, batch)
+
+    jax.eval_shape(url_step, batch)  # traced abstractly: what each network receives
+    assert {d: x.shape for d, x in seen["student"].items()} == {
+        "imagenet12": (8, 72, 72, 3), "aircraft": (8, 72, 72, 3)}
+    assert set(seen["teacher"]) == {(8, 72, 72, 3), (8, 64, 64, 3)}  # native crops
+
+    @jax.jit
+    def student_inputs(images):  # the values the student's backbone receives
+        variables = student.init(jax.random.key(0), images)
+        with nn.intercept_methods(record):
+            student.apply(variables, images)
+        return dict(seen["student"])
+
+    received = student_inputs(images)
+    aircraft = batch["aircraft"]["image"]
+    n, h, w, c = aircraft.shape
+    want = np.zeros((n, 72, 72, c))
+    for i in range(72):  # bilinear with align_corners=True, from the definition
+        sy = i * (h - 1) / 71
+        y0 = int(sy)
+        y1, fy = min(y0 + 1, h - 1), sy - y0
+        for j in range(72):
+            sx = j * (w - 1) / 71
+            x0 = int(sx)
+            x1, fx = min(x0 + 1, w - 1), sx - x0
+            want[:, i, j] = ((1 - fy) * ((1 - fx) * aircraft[:, y0, x0] + fx * aircraft[:, y0, x1])
+                             + fy * ((1 - fx) * aircraft[:, y1, x0] + fx * aircraft[:, y1, x1]))
+    np.testing.assert_allclose(np.asarray(received["aircraft"]), want, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(received["imagenet12"]), images["imagenet12"])
+    # the saved student keeps the resize (evaluation sees 72 px too); off with size 0
+    spec = train._student_spec(config, data)
+    assert spec["input_sizes"] == [["aircraft", 72]]
+    assert checkpointing.model_from_spec(spec).input_sizes == (("aircraft", 72),)
+    config.model.student_input_size = 0
+    assert "input_sizes" not in train._student_spec(config, data)

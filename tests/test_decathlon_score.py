@@ -70,3 +70,27 @@ def test_delta_mdl():
     assert delta_mdl({"x": 60.0}, {"x": 50.0}) == pytest.approx(20.0)
     with pytest.raises(ValueError, match="No reference"):
         delta_mdl({"x": 60.0})
+
+
+def test_accuracies_given_as_fractions_are_refused():
+    """0.6145 (a fraction) would read as 0.6145 %: an error above every bound, score 0."""
+    fractions = {d: a / 100 for d, a in PAPER_TABLE["URL"].items()}
+    with pytest.raises(ValueError, match="look like fractions.*Multiply them by 100"):
+        decathlon_score(fractions)
+    with pytest.raises(ValueError, match="fractions"):
+        domain_scores({"dtd": 0.5957})
+    with pytest.raises(ValueError, match="fractions"):
+        delta_mdl(fractions)
+    with pytest.raises(ValueError, match="reference look like fractions"):
+        delta_mdl(PAPER_TABLE["URL"], {d: a / 100 for d, a in FINETUNE_ACCURACY.items()})
+    # the same numbers in % score as the paper prints (3625.3 from the rounded row)
+    assert decathlon_score({d: 100 * a for d, a in fractions.items()}) == pytest.approx(
+        decathlon_score(PAPER_TABLE["URL"]))
+    # all zeros read the same in both units: accepted, and worth nothing
+    assert decathlon_score({d: 0.0 for d in DOMAINS}) == 0.0
+    # percentages known to be small (a runner's 100 * correct / n at chance level)
+    assert decathlon_score({"imagenet12": 0.4, "dtd": 0.9}, percent=True) == 0.0
+    assert delta_mdl({"dtd": 0.9}, {"dtd": 0.5}, percent=True) == pytest.approx(80.0)
+    # one domain above 1 % makes the mapping percentages
+    assert decathlon_score({"dtd": 0.5, "svhn": 96.95}) == pytest.approx(
+        1000 / (2 * 3.45) ** 2 * (2 * 3.45 - 3.05) ** 2)

@@ -124,3 +124,82 @@ def test_random_parallel_init_and_bad_adapter():
     assert float(jnp.std(alpha)) > 0
     with pytest.raises(ValueError, match="Unknown adapter"):
         ResNet26(adapter="bogus").init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+
+
+# ----------------------------------------------------------------------------- student input size
+
+def _bilinear_align_corners_numpy(x, out_h, out_w):
+    """Reference written from the definition: output (i, j) samples the input at
+    (i (H-1)/(H'-1), j (W-1)/(W'-1)) and blends its 2 x 2 neighbours (PyTorch's
+    F.interpolate(mode='bilinear', align_corners=True), kornia.augmentation.Resize's default)."""
+    n, h, w, c = x.shape
+    out = np.zeros((n, out_h, out_w, c))
+    for i in range(out_h):
+        sy = i * (h - 1) / (out_h - 1)
+        y0 = int(np.floor(sy))
+        y1, fy = min(y0 + 1, h - 1), sy - y0
+        for j in range(out_w):
+            sx = j * (w - 1) / (out_w - 1)
+            x0 = int(np.floor(sx))
+            x1, fx = min(x0 + 1, w - 1), sx - x0
+            out[:, i, j] = ((1 - fy) * ((1 - fx) * x[:, y0, x0] + fx * x[:, y0, x1])
+                            + fy * ((1 - fx) * x[:, y1, x0] + fx * x[:, y1, x1]))
+    return out
+
+
+def test_resize_bilinear_align_corners_matches_the_definition():
+    from ur_jax.models.heads import resize_bilinear_align_corners
+
+    x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
+    out = np.asarray(resize_bilinear_align_corners(jnp.asarray(x), (72, 72)))
+    assert out.shape == (2, 72, 72, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out, _bilinear_align_corners_numpy(x, 72, 72), atol=1e-5)
+    # corners are kept exactly; a ramp a*y + b*x + c maps to a*i*63/71 + b*j*63/71 + c
+    np.testing.assert_array_equal(out[:, [0, 0, -1, -1], [0, -1, 0, -1]],
+                                  x[:, [0, 0, -1, -1], [0, -1, 0, -1]])
+    yy, xx = np.mgrid[0:64, 0:64].astype(np.float32)
+    ramp = (2.0 * yy - 0.5 * xx + 3.0)[None, ..., None]
+    ii, jj = np.mgrid[0:72, 0:72] * (63 / 71)
+    np.testing.assert_allclose(np.asarray(resize_bilinear_align_corners(ramp, (72, 72)))[0, ..., 0],
+                               2.0 * ii - 0.5 * jj + 3.0, atol=1e-4)
+    # not jax.image.resize's half-pixel convention
+    half = np.asarray(jax.image.resize(x, (2, 72, 72, 3), "bilinear"))
+    assert np.abs(half - out).max() > 0.1
+    assert resize_bilinear_align_corners(x, (64, 64)) is x  # unchanged size: no-op
+    with pytest.raises(ValueError, match="rank 4"):
+        resize_bilinear_align_corners(x[0], (72, 72))
+
+
+def test_multi_head_classifier_resizes_the_listed_domains_only():
+    """input_sizes=(('aircraft', 72),): the backbone sees aircraft's 64 px images at 72 x 72
+    (bilinear, corners aligned), imagenet12's 72 px images unchanged."""
+    rng = np.random.default_rng(1)
+    imgs = {"imagenet12": rng.normal(size=(2, 72, 72, 3)).astype(np.float32),
+            "aircraft": rng.normal(size=(2, 64, 64, 3)).astype(np.float32)}
+    model = MultiHeadClassifier(ResNet26(domains=tuple(imgs), width=0.125),
+                                (("imagenet12", 4), ("aircraft", 3)),
+                                input_sizes=(("aircraft", 72),))
+
+    @jax.jit
+    def backbone_inputs(imgs):
+        seen = {}
+
+        def record(next_fun, args, kwargs, context):
+            if isinstance(context.module, ResNet26) and context.method_name == "__call__":
+                seen[kwargs["domain"]] = args[0]
+            return next_fun(*args, **kwargs)
+
+        variables = model.init(jax.random.key(0), imgs)
+        with nn.intercept_methods(record):
+            model.apply(variables, imgs)
+        return seen
+
+    seen = jax.tree.map(np.asarray, backbone_inputs(imgs))
+    assert seen["aircraft"].shape == (2, 72, 72, 3)
+    np.testing.assert_allclose(seen["aircraft"],
+                               _bilinear_align_corners_numpy(imgs["aircraft"], 72, 72), atol=1e-5)
+    np.testing.assert_array_equal(seen["imagenet12"], imgs["imagenet12"])
+    # same parameters as without resizing (the backbone pools over space)
+    plain = MultiHeadClassifier(model.backbone, model.num_classes)
+    shapes = [jax.eval_shape(m.init, jax.random.key(0), imgs) for m in (model, plain)]
+    assert shapes[0] == shapes[1]

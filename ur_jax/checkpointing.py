@@ -94,11 +94,20 @@ def save_model(directory: str, spec: Mapping[str, Any], variables: Mapping[str, 
 
 
 def model_spec(backbone: str, backbone_kwargs: Mapping[str, Any],
-               num_classes: Mapping[str, int] | Any, feature: str = "pooled") -> dict[str, Any]:
-    """The JSON description of a :class:`MultiHeadClassifier` written next to its weights."""
+               num_classes: Mapping[str, int] | Any, feature: str = "pooled",
+               input_sizes: Mapping[str, int] | Any = ()) -> dict[str, Any]:
+    """The JSON description of a :class:`MultiHeadClassifier` written next to its weights.
+
+    ``input_sizes``: ``{domain: side}`` of the domains whose images the model resizes
+    (:attr:`MultiHeadClassifier.input_sizes`); stored as ``'input_sizes'`` only when not
+    empty, so that specs without resizing stay as before."""
     pairs = list(num_classes.items()) if isinstance(num_classes, Mapping) else list(num_classes)
-    return {"backbone": backbone, "backbone_kwargs": dict(backbone_kwargs),
+    spec = {"backbone": backbone, "backbone_kwargs": dict(backbone_kwargs),
             "num_classes": [[d, int(n)] for d, n in pairs], "feature": feature}
+    sizes = list(input_sizes.items()) if isinstance(input_sizes, Mapping) else list(input_sizes)
+    if sizes:
+        spec["input_sizes"] = [[d, int(s)] for d, s in sizes]
+    return spec
 
 
 def dense_model_spec(model: str, model_kwargs: Mapping[str, Any],
@@ -123,7 +132,9 @@ def model_from_spec(spec: Mapping[str, Any]) -> Any:
               for k, v in dict(spec.get("backbone_kwargs", {})).items()}
     backbone = get_backbone(spec["backbone"], **kwargs)
     return MultiHeadClassifier(backbone, tuple((d, int(n)) for d, n in spec["num_classes"]),
-                               feature=spec.get("feature", "pooled"))
+                               feature=spec.get("feature", "pooled"),
+                               input_sizes=tuple((d, int(s))
+                                                 for d, s in spec.get("input_sizes") or ()))
 
 
 def load_model(directory: str, expected: Mapping[str, Any] | None = None,

@@ -8,7 +8,23 @@ decay 1e-4), the others fine-tuned from it (lr 0.01, weight decay 5e-4); MDL and
 students started from the ImageNet teacher (lr 0.01, weight decay 1e-4); URL: linear
 256 -> 256 adapters (Adam 1e-2, weight decay 5e-4, cosine), 1 - kernel CKA and KL with
 T = 8, lambda 10 for ImageNet, 0.1 for DPed, 1 otherwise, annealed per epoch to 0;
-model selection on the validation split every 10 epochs; decathlon score and Delta_MDL.
+decathlon score and Delta_MDL.
+
+The protocol is the authors' release (VICO-UoE/UniversalRepresentations, ``VisualDecathlon/``):
+
+* ``train_split='train+val'``: every stage (teachers, MDL, URL) trains on the union of the
+  train and val splits and keeps its last model, as their ``run_train_*_train+val.sh``
+  (``--trainval``) that made Table 2 and the released models; scored on the test split when
+  ``annotations/<d>_test.json`` (the authors' ``labels_test.zip``) is present. The other
+  convention, ``train_split='train'``, trains on train only and keeps the model with the best
+  mean validation accuracy (checked every ``select_every`` steps, 10 epochs).
+* ``decathlon_normalization='published'``: the fixed per-domain mean/std of Rebuffi et al.
+  (:data:`ur_jax.data.decathlon.MEAN_STD`); ``'estimated'`` measures them on the train images.
+* ``model.student_input_size=72``: the multi-domain students resize every 64 px crop to
+  72 x 72 (bilinear, corners aligned, as ``kornia.augmentation.Resize``) so that all domains
+  match imagenet12's 72 px crops, in training and evaluation; the teachers see their native
+  crops. 0 keeps the native sizes (what the authors' URL + parallel adapters code does).
+
 The config files choose the stages and the adapters; :func:`shrink_to_smoke` makes any of
 them a seconds-long run on a fake tree (:func:`ur_jax.data.decathlon.write_fake_decathlon`).
 """
@@ -42,13 +58,19 @@ def base(stages: tuple[str, ...], adapter: str = "none") -> ml_collections.Confi
     c.decathlon_source = "manual"  # 'manual': decathlon-1.0/ in manual_dir; 'tfds': download
     c.manual_dir = ""  # the folder holding decathlon-1.0/ (data/ and annotations/)
     c.data_dir = ""  # prepared TFDS data; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
+    # 'train+val' (the paper's Table 2: train on both, keep the last model) or 'train'
+    # (validation selects the model every select_every steps)
+    c.train_split = "train+val"
+    c.decathlon_normalization = "published"  # Rebuffi et al.'s constants; or 'estimated'
     c.domains = DOMAINS
     c.stages = stages
     # Teachers: plain ResNet-26. Students (MDL, URL): per-domain BatchNorm (+ adapters).
     c.model = ml_collections.ConfigDict({
         # end_relu=False: the paper's released models (python -m ur_jax.convert --arch resnet26)
         "backbone": "resnet26", "kwargs": {"width": 1.0, "end_relu": True}, "per_domain": True,
-        "student_kwargs": {"adapter": adapter}})
+        "student_kwargs": {"adapter": adapter},
+        # students resize the 64 px crops to imagenet12's 72 px (0: native sizes)
+        "student_input_size": 72})
     c.augment = "none"  # unused: the Decathlon's per-domain crop and flip apply
     c.init_rng_impl = "threefry2x32"
     c.teacher_mode = "auto"
@@ -73,7 +95,7 @@ def base(stages: tuple[str, ...], adapter: str = "none") -> ml_collections.Confi
     c.url.anneal_steps = 0  # 0 = url.steps
     c.url.anneal_every = ITERATIONS  # per epoch
 
-    c.select_every = 10 * ITERATIONS  # validation every 10 epochs; the best model is kept
+    c.select_every = 10 * ITERATIONS  # train_split='train': the best validated model is kept
     c.score = "decathlon"
     c.score_bounds = {}  # {domain: Emax %} overrides the challenge's bounds
     c.eval_batch_size = 256
@@ -98,10 +120,12 @@ def parse_args(arg: str | None, config_name: str, choices: tuple[str, ...] = ()
 
 def shrink_to_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A seconds-long version of ``c``: two domains (ImageNet and aircraft), a 1/16-wide
-    ResNet with one block per stage, 3 steps per stage with 8 images per domain, model
-    selection at steps 2 and 3. Point ``manual_dir`` at a fake tree
-    (``python -m ur_jax.data.decathlon --fake DIR``)."""
+    ResNet with one block per stage, 3 steps per stage with 8 images per domain, trained on
+    the train split (``train_split='train'``) with model selection at steps 2 and 3
+    (``--config.train_split=train+val`` tests the paper's protocol instead). Point
+    ``manual_dir`` at a fake tree (``python -m ur_jax.data.decathlon --fake DIR``)."""
     c.domains = tuple(d for d in SMOKE_DOMAINS if d in c.domains) or (c.domains[0],)
+    c.train_split = "train"
     c.teachers.checkpoints = {d: "" for d in c.domains}
     c.model.kwargs = {"width": 1 / 16, "stage_sizes": (1, 1, 1), "end_relu": True}
     c.init_rng_impl = "rbg"

@@ -3,15 +3,18 @@
 The Visual Domain Decathlon (https://www.robots.ox.ac.uk/~vgg/decathlon/) is the benchmark of
 the paper's multi-domain experiments (ResNet-26, Table 2). Every domain's images are resized so
 that their shorter side is 72 px; each domain has a ``train``, a ``val`` and a ``test`` split
-(the test labels are withheld by the organisers; predictions go to their evaluation server as a
-``results.json`` file, :func:`export_predictions`). This module
+(the devkit withholds the test labels; predictions go to the evaluation server as a
+``results.json`` file, :func:`export_predictions`, unless the labelled ``<d>_test.json``
+files that the authors ship, ``VisualDecathlon/labels_test.zip`` in
+VICO-UoE/UniversalRepresentations, are put in ``annotations/``). This module
 
 * turns the official on-disk release into the TFDS builder ``ur_decathlon``
   (:class:`UrDecathlon`, one config per domain, ArrayRecord files readable without TensorFlow):
   :func:`prepare`, :func:`data_source`, :func:`metadata`, :func:`check_tree`;
 * reproduces the paper's preprocessing exactly (:func:`train_transform`,
-  :func:`eval_transform`, :func:`normalization` with per-domain mean/std computed while
-  preparing);
+  :func:`eval_transform`, :func:`normalization` with Rebuffi et al.'s published per-domain
+  mean/std :data:`MEAN_STD`, or the mean/std measured while preparing);
+* gives the train + val union the paper's Table 2 models train on (:data:`TRAIN_VAL`);
 * writes fake trees in exactly the official on-disk format for tests and smoke runs
   (:func:`write_fake_decathlon`);
 * also reads TFDS's own ``visual_domain_decathlon/<domain>`` (which downloads the data itself
@@ -44,7 +47,7 @@ i.e. ``decathlon-1.0/`` itself, or the folder that contains ``decathlon-1.0/``):
       annotations/<d>_train.json                COCO style: "images" (id, file_name, width,
       annotations/<d>_val.json                  height), "annotations" (image_id, category_id),
       annotations/<d>_test_stripped.json        "categories" (id, name); test: no annotations
-      annotations/<d>_test.json                 optional, user-supplied: test labels
+      annotations/<d>_test.json                 optional: test labels (labels_test.zip)
 
 An image's ``file_name`` is relative to ``decathlon-1.0/`` (``data/aircraft/train/...``; a
 name without the ``data/`` prefix is looked up under ``data/`` too). Category ids are offset
@@ -66,7 +69,9 @@ Preprocessing (PAPER.md section 2, as in the authors' code): resize so that the 
 72 px (bilinear; ``daimlerpedcls`` and ``aircraft`` are resized to 72 x 72, ignoring the aspect
 ratio), then for training a random crop of :func:`crop_size` (64; 72 for ``imagenet12``) and a
 horizontal flip with p = 0.5 except for :data:`NO_FLIP`; for evaluation a centre crop. Mean/std
-normalisation follows (:func:`normalization`, or in the model's input pipeline).
+normalisation follows (:func:`normalization`: the published :data:`MEAN_STD` by default). The
+multi-domain students' resize of the 64 px crops to 72 px happens in the model
+(:class:`ur_jax.models.MultiHeadClassifier` ``input_sizes``), not here.
 
 Typical use::
 
@@ -76,7 +81,8 @@ Typical use::
     train = decathlon.data_source("aircraft", "train", "~/tensorflow_datasets")
     fn = decathlon.train_transform("aircraft")
     example = fn(train[0], np.random.default_rng(0))     # {'image': uint8 (64, 64, 3), 'label'}
-    norm = decathlon.normalization("aircraft", "~/tensorflow_datasets")
+    norm = decathlon.normalization("aircraft")   # Rebuffi et al.'s published mean/std
+    both = decathlon.data_source("aircraft", decathlon.TRAIN_VAL, "~/tensorflow_datasets")
     # ... after predicting label indices on the test split of each domain:
     decathlon.export_predictions({"aircraft": (image_ids, labels)},
                                  "~/tensorflow_datasets", "results.json")
@@ -104,10 +110,12 @@ from PIL import Image
 from ur_jax.data import pipeline
 from ur_jax.data.embedded import _QuietTfds
 from ur_jax.data.files import listing
+from ur_jax.data.pipeline import ConcatSource
 
 __all__ = [
     "DOMAINS",
     "DOWNLOAD_NOTE",
+    "ConcatSource",
     "NO_FLIP",
     "NUM_CLASSES",
     "RESIZE",
@@ -116,6 +124,9 @@ __all__ = [
     "SQUARE_RESIZE",
     "STATS_SAMPLE",
     "TFDS_NAME",
+    "MEAN_STD",
+    "NORMALIZATIONS",
+    "TRAIN_VAL",
     "DecathlonDataError",
     "UrDecathlon",
     "check_tree",
@@ -148,6 +159,11 @@ list Flowers after GTSRB)."""
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 """Splits of every domain (``test`` labels are withheld unless ``<d>_test.json`` is given)."""
 
+TRAIN_VAL = "train+val"
+"""The name :func:`data_source` and :func:`tfds_source` accept for the union of the train and
+val splits (train records first, then val): what the paper's Table 2 models and the released
+models are trained on (``--trainval`` in the authors' ``run_train_*_train+val.sh``)."""
+
 NUM_CLASSES: dict[str, int] = {
     "imagenet12": 1000, "aircraft": 100, "cifar100": 100, "daimlerpedcls": 2, "dtd": 47,
     "gtsrb": 43, "omniglot": 1623, "svhn": 10, "ucf101": 101, "vgg-flowers": 102,
@@ -179,6 +195,29 @@ RESIZE = 72
 
 STATS_SAMPLE = 5000
 """Most train images used for a domain's mean/std (a fixed sample when there are more)."""
+
+MEAN_STD: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "imagenet12": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "aircraft": ((0.47983041, 0.51074066, 0.53437998), (0.21070221, 0.20508901, 0.23729657)),
+    "cifar100": ((0.50705882, 0.48666667, 0.44078431), (0.26745098, 0.25647059, 0.27607843)),
+    "daimlerpedcls": ((0.48203529,) * 3, (0.23612616,) * 3),
+    "dtd": ((0.52696497, 0.47025164, 0.42396662), (0.25226877, 0.2409176, 0.2499409)),
+    "gtsrb": ((0.33921263, 0.3117836, 0.32047045), (0.27560347, 0.26576119, 0.27089863)),
+    "omniglot": ((0.08099839,) * 3, (0.27046935,) * 3),
+    "svhn": ((0.4376821, 0.4437697, 0.47280442), (0.19803012, 0.20101562, 0.19703614)),
+    "ucf101": ((0.49953101, 0.49880386, 0.49981996), (0.10898684, 0.10810246, 0.10679939)),
+    "vgg-flowers": ((0.43414682, 0.38309883, 0.29714763), (0.28509808, 0.23842338, 0.2639633)),
+}
+"""The published per-domain ``(mean, std)`` (RGB, pixels in [0, 1]) that normalise every
+image: Rebuffi et al.'s ``decathlon_mean_std.pickle`` (keys ``'<d>mean'`` / ``'<d>std'``), which
+the authors' ``VisualDecathlon/datasets.py`` (VICO-UoE/UniversalRepresentations, after
+srebuffi/residual_adapters) loads from ``decathlon-1.0/`` for training and testing;
+reference/PAPER.md section 2 lists the same values. :func:`normalization` uses them by default."""
+
+NORMALIZATIONS: tuple[str, ...] = ("published", "estimated")
+"""Where :func:`normalization` takes a domain's mean/std from: ``'published'``
+(:data:`MEAN_STD`, the authors' protocol) or ``'estimated'`` (from the prepared domain's
+train images, :func:`metadata`)."""
 
 TFDS_NAME = "visual_domain_decathlon"
 """TFDS's own builder of the decathlon (downloads the data; needs TensorFlow to build)."""
@@ -230,12 +269,15 @@ def _check_domain(domain: str) -> None:
                          f"{list(DOMAINS)}.")
 
 
-def _check_split(split: str) -> str:
+def _check_split(split: str, union: bool = False) -> str:
     if split == "validation":
         return "val"
+    if union and split == TRAIN_VAL:
+        return split
     if split not in SPLITS:
+        allowed = list(SPLITS) + ([TRAIN_VAL] if union else [])
         raise ValueError(f"Unknown split {split!r} for the Visual Decathlon. Expected one of "
-                         f"{list(SPLITS)}; slice the returned source for a subset.")
+                         f"{allowed}; slice the returned source for a subset.")
     return split
 
 
@@ -274,7 +316,8 @@ def _expected_tree() -> str:
         "                                        annotations (image_id, category_id),\n"
         "                                        categories (id, name)\n"
         "      <d>_test_stripped.json            test images, no annotations\n"
-        "      <d>_test.json                     optional: test labels, if you have them\n"
+        "      <d>_test.json                     optional: test labels (the authors'\n"
+        "                                        VisualDecathlon/labels_test.zip)\n"
         f"  with <d> one of {', '.join(DOMAINS)}.")
 
 
@@ -516,9 +559,16 @@ def decode(image_field: Any) -> np.ndarray:
     """An image record field as ``uint8 (H, W, 3)`` RGB.
 
     Accepts the encoded file (``bytes``, a 0-d object array holding bytes, or a ``uint8``
-    vector of the file's bytes), a decoded array ((H, W), (H, W, 1), (H, W, 3) or
-    (H, W, 4); grey is repeated to RGB, alpha dropped) or a PIL image. Grayscale and CMYK
-    JPEGs become RGB, as Pillow's ``convert('RGB')`` does.
+    vector of the file's bytes), a decoded ``uint8`` array ((H, W), (H, W, 1), (H, W, 3)
+    or (H, W, 4); grey is repeated to RGB, alpha dropped; a boolean array reads as 0 / 255)
+    or a PIL image. Grayscale and CMYK JPEGs become RGB, as Pillow's ``convert('RGB')``
+    does.
+
+    Raises:
+      ValueError: undecodable bytes, an unsupported array shape, or an array of another
+        dtype than ``uint8`` (e.g. ``uint16`` or float images, which a cast would silently
+        wrap modulo 256 or truncate; convert them to ``uint8`` first, as the Meta-Dataset
+        decoder :func:`ur_jax.data.metadataset.builder.to_rgb` also requires).
     """
     if isinstance(image_field, Image.Image):
         return np.asarray(image_field.convert("RGB"), dtype=np.uint8)
@@ -528,12 +578,18 @@ def decode(image_field: Any) -> np.ndarray:
         raw = bytes(image_field)
     else:
         arr = np.asarray(image_field)
-        if arr.ndim == 1 and arr.dtype == np.uint8:
+        if arr.dtype == bool:
+            arr = arr.astype(np.uint8) * np.uint8(255)
+        if arr.dtype != np.uint8:
+            raise ValueError(f"Cannot decode an image array of dtype {arr.dtype} (shape "
+                             f"{arr.shape}): expected uint8 pixels (or the encoded file's "
+                             "bytes). Convert it first, e.g. np.clip(x, 0, 255).astype(np.uint8) "
+                             "for 0..255 values; a plain cast would wrap values above 255.")
+        if arr.ndim == 1:
             raw = arr.tobytes()
         elif arr.ndim == 2:
-            return np.repeat(arr.astype(np.uint8)[..., None], 3, axis=-1)
+            return np.repeat(arr[..., None], 3, axis=-1)
         elif arr.ndim == 3 and arr.shape[-1] in (1, 3, 4):
-            arr = arr.astype(np.uint8, copy=False)
             if arr.shape[-1] == 1:
                 return np.repeat(arr, 3, axis=-1)
             return np.ascontiguousarray(arr[..., :3])
@@ -856,7 +912,9 @@ def data_source(domain: str, split: str, data_dir: str | os.PathLike,
 
     Args:
       domain: one of :data:`DOMAINS`.
-      split: ``'train'``, ``'val'`` or ``'test'`` (``'validation'`` is read as ``'val'``).
+      split: ``'train'``, ``'val'`` or ``'test'`` (``'validation'`` is read as ``'val'``),
+        or :data:`TRAIN_VAL` (``'train+val'``): a :class:`~ur_jax.data.pipeline.ConcatSource` of the train
+        records followed by the val records (the authors' ``--trainval``).
       data_dir: TFDS data directory.
       manual_dir: optional, see :func:`prepare`.
 
@@ -865,10 +923,14 @@ def data_source(domain: str, split: str, data_dir: str | os.PathLike,
       DecathlonDataError: when the domain is not prepared (and cannot be built).
     """
     _check_domain(domain)
-    split = _check_split(split)
+    split = _check_split(split, union=True)
     if manual_dir is not None:
         prepare(manual_dir, data_dir, [domain])
-    return _prepared_builder(domain, data_dir).as_data_source(split=split)
+    builder = _prepared_builder(domain, data_dir)
+    if split == TRAIN_VAL:
+        return ConcatSource(builder.as_data_source(split="train"),
+                            builder.as_data_source(split="val"), name=f"{domain} {TRAIN_VAL}")
+    return builder.as_data_source(split=split)
 
 
 def metadata(domain: str, data_dir: str | os.PathLike) -> dict[str, Any]:
@@ -892,11 +954,42 @@ def metadata(domain: str, data_dir: str | os.PathLike) -> dict[str, Any]:
     return {k: (list(meta[k]) if isinstance(meta[k], list) else meta[k]) for k in keys}
 
 
-def normalization(domain: str, data_dir: str | os.PathLike) -> pipeline.Normalization:
-    """``pipeline.Normalization`` with the domain's train mean/std (from :func:`metadata`)."""
-    meta = metadata(domain, data_dir)
-    return pipeline.Normalization(mean=tuple(float(v) for v in meta["mean"]),
-                                  std=tuple(float(v) for v in meta["std"]))
+def normalization(domain: str, data_dir: str | os.PathLike | None = None,
+                  stats: str = "published") -> pipeline.Normalization:
+    """The domain's mean/std normalisation, ``(uint8 / 255 - mean) / std`` per RGB channel.
+
+    Args:
+      domain: one of :data:`DOMAINS`.
+      data_dir: TFDS data directory of the prepared domain; only read with
+        ``stats='estimated'``.
+      stats: ``'published'`` (default): the fixed constants :data:`MEAN_STD` (Rebuffi et
+        al.'s ``decathlon_mean_std.pickle``, as the authors' code uses); ``'estimated'``: the
+        mean/std :func:`prepare` measured on the domain's train images (after the training
+        resize; all of them or :data:`STATS_SAMPLE`), e.g. for a subset or altered data.
+
+    Returns:
+      A :class:`ur_jax.data.pipeline.Normalization` (float tuples of 3).
+
+    Raises:
+      ValueError: for an unknown domain or ``stats``, or ``stats='estimated'`` without
+        ``data_dir``.
+      DecathlonDataError: with ``stats='estimated'`` when the domain is not prepared.
+    """
+    _check_domain(domain)
+    if stats == "published":
+        mean, std = MEAN_STD[domain]
+    elif stats == "estimated":
+        if data_dir is None:
+            raise ValueError(f"normalization({domain!r}, stats='estimated') reads the mean/std "
+                             "measured while preparing the domain: pass data_dir (the TFDS data "
+                             "directory), or use stats='published'.")
+        meta = metadata(domain, data_dir)
+        mean, std = meta["mean"], meta["std"]
+    else:
+        raise ValueError(f"Unknown normalization stats {stats!r}; expected one of "
+                         f"{list(NORMALIZATIONS)}.")
+    return pipeline.Normalization(mean=tuple(float(v) for v in mean),
+                                  std=tuple(float(v) for v in std))
 
 
 # --------------------------------------------------------------------------- #
@@ -1233,7 +1326,8 @@ def tfds_source(domain: str, split: str, data_dir: str | os.PathLike,
 
     Args:
       domain: one of :data:`DOMAINS`.
-      split: ``'train'``, ``'val'`` (or ``'validation'``) or ``'test'``.
+      split: ``'train'``, ``'val'`` (or ``'validation'``) or ``'test'``, or
+        :data:`TRAIN_VAL` (a :class:`~ur_jax.data.pipeline.ConcatSource` of train then val).
       data_dir: TFDS data directory.
       annotations_dir: the devkit's ``decathlon-1.0/annotations`` folder (optional).
       download: build the dataset when it is not prepared yet.
@@ -1243,7 +1337,10 @@ def tfds_source(domain: str, split: str, data_dir: str | os.PathLike,
         another file format than ArrayRecord.
     """
     _check_domain(domain)
-    split = _check_split(split)
+    split = _check_split(split, union=True)
+    if split == TRAIN_VAL:
+        return ConcatSource(*(tfds_source(domain, s, data_dir, annotations_dir, download)
+                              for s in ("train", "val")), name=f"{TFDS_NAME}/{domain} {split}")
     data_dir = os.path.expanduser(os.fspath(data_dir))
     name = f"{TFDS_NAME}/{domain}"
     with _QuietTfds():

@@ -48,7 +48,12 @@ PAPER_SCORES = {"Finetune": 2500, "MDL": 2866, "Parallel RA": 3412, "URL": 3626,
 FINETUNE_ACCURACY: dict[str, float] = dict(PAPER_TABLE["Finetune"])
 
 
-def _checked(accuracies: Mapping[str, float], what: str) -> dict[str, float]:
+def _checked(accuracies: Mapping[str, float], what: str, percent: bool = False
+             ) -> dict[str, float]:
+    """``accuracies`` as floats, refused unless they are percentages: each must be finite
+    and in 0..100, and (unless ``percent`` says they are known to be %) a mapping whose
+    values are all <= 1 but not all 0 is refused as fractions (a fraction of 0.8 would
+    otherwise count as 0.8 %, i.e. score 0). All zeros read the same in both units."""
     if not isinstance(accuracies, Mapping) or not accuracies:
         raise ValueError(f"{what} must be a non-empty mapping {{domain: accuracy in %}}; found "
                          f"{accuracies!r}.")
@@ -59,6 +64,10 @@ def _checked(accuracies: Mapping[str, float], what: str) -> dict[str, float]:
             raise ValueError(f"{what}[{d!r}] = {a} is not an accuracy in % (0..100). Pass "
                              f"percentages, not fractions.")
         out[d] = a
+    if not percent and 0.0 < max(out.values()) <= 1.0:
+        raise ValueError(f"{what} look like fractions: every value is <= 1 ({out}), but "
+                         f"accuracies are expected in % (0..100). Multiply them by 100 (e.g. "
+                         f"{{d: 100 * a for d, a in {what}.items()}}).")
     return out
 
 
@@ -73,9 +82,9 @@ ERROR_BOUNDS: dict[str, float] = error_bounds()
 
 
 def domain_scores(accuracies: Mapping[str, float], bounds: Mapping[str, float] | None = None,
-                  gamma: float = 2.0) -> dict[str, float]:
+                  gamma: float = 2.0, *, percent: bool = False) -> dict[str, float]:
     """Each domain's share of the decathlon score (0 to 1000), see :func:`decathlon_score`."""
-    accuracies = _checked(accuracies, "accuracies")
+    accuracies = _checked(accuracies, "accuracies", percent)
     bounds = ERROR_BOUNDS if bounds is None else dict(bounds)
     missing = sorted(set(accuracies) - set(bounds))
     if missing:
@@ -92,7 +101,7 @@ def domain_scores(accuracies: Mapping[str, float], bounds: Mapping[str, float] |
 
 
 def decathlon_score(accuracies: Mapping[str, float], bounds: Mapping[str, float] | None = None,
-                    gamma: float = 2.0) -> float:
+                    gamma: float = 2.0, *, percent: bool = False) -> float:
     """The decathlon score ``S`` of test accuracies (%) ``{domain: accuracy}``.
 
     Args:
@@ -102,21 +111,31 @@ def decathlon_score(accuracies: Mapping[str, float], bounds: Mapping[str, float]
         the Finetune row's errors). :func:`error_bounds` builds them from other reference
         accuracies.
       gamma: the exponent (2 in the challenge).
+      percent: the accuracies are known to be in % (e.g. computed as ``100 * correct / n``):
+        skips the check for fractions, so that a model at chance level on every domain
+        (all accuracies <= 1 %) scores 0 instead of being refused.
 
     A domain whose error is at or above its bound contributes 0.
+
+    Raises:
+      ValueError: for an empty mapping, a value outside 0..100, accuracies given as
+        fractions (every value <= 1 and not all 0: multiply by 100; unless ``percent``), or
+        a domain without a bound.
     """
-    return float(sum(domain_scores(accuracies, bounds, gamma).values()))
+    return float(sum(domain_scores(accuracies, bounds, gamma, percent=percent).values()))
 
 
-def delta_mdl(accuracies: Mapping[str, float], reference: Mapping[str, float] | None = None
-              ) -> float:
+def delta_mdl(accuracies: Mapping[str, float], reference: Mapping[str, float] | None = None,
+              *, percent: bool = False) -> float:
     """Delta_MDL (%): the mean over domains of ``(acc_d - ref_d) / ref_d * 100``.
 
-    ``reference``: per-domain accuracies of the single-domain networks (default: the
-    paper's Finetune row); every domain of ``accuracies`` needs one.
+    ``reference``: per-domain accuracies (%) of the single-domain networks (default: the
+    paper's Finetune row); every domain of ``accuracies`` needs one. Either mapping given as
+    fractions is refused as in :func:`decathlon_score` (``percent=True`` skips that check).
     """
-    accuracies = _checked(accuracies, "accuracies")
-    reference = _checked(FINETUNE_ACCURACY if reference is None else reference, "reference")
+    accuracies = _checked(accuracies, "accuracies", percent)
+    reference = _checked(FINETUNE_ACCURACY if reference is None else reference, "reference",
+                         percent)
     missing = sorted(set(accuracies) - set(reference))
     if missing:
         raise ValueError(f"No reference accuracy for domain(s) {missing}.")

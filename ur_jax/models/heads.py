@@ -16,10 +16,61 @@ from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from ur_jax import sharding
 
 Array = Any
+
+
+def _align_corners_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Along one axis: source taps ``(i0, i1)`` and the weight of ``i1`` for output pixel
+    ``j`` at source position ``j * (n_in - 1) / (n_out - 1)`` (``align_corners=True``)."""
+    scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    pos = np.arange(n_out, dtype=np.float64) * scale
+    i0 = np.minimum(np.floor(pos).astype(np.int32), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (pos - i0).astype(np.float32)
+
+
+def resize_bilinear_align_corners(images: Array, size: tuple[int, int]) -> Array:
+    """Bilinear resize of NHWC ``images`` to ``size = (H', W')`` with corner pixels aligned.
+
+    Output pixel ``(i, j)`` samples the input at ``(i * (H - 1) / (H' - 1), j * (W - 1) /
+    (W' - 1))`` and interpolates its two neighbours along each axis, without antialiasing:
+    PyTorch's ``F.interpolate(x, size, mode='bilinear', align_corners=True)``, which is what
+    ``kornia.augmentation.Resize(size)`` runs with its defaults (``resample='bilinear'``,
+    ``align_corners=True``, ``antialias=False``) and what the authors' Visual Decathlon code
+    (VICO-UoE/UniversalRepresentations, ``VisualDecathlon/utils_pytorch.py``) applies to the
+    multi-domain student's 64 px crops. jax.image.resize instead samples at half-pixel
+    centres (``align_corners=False``) and antialiases when shrinking.
+
+    Args:
+      images: ``(N, H, W, C)`` floating-point array (any dtype; computed in it).
+      size: output ``(H', W')``, positive.
+
+    Returns:
+      ``(N, H', W', C)``, same dtype; ``images`` itself when the size is unchanged.
+
+    Raises:
+      ValueError: for a non-NHWC input or a non-positive size.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"resize_bilinear_align_corners expects NHWC images of rank 4; found "
+                         f"shape {images.shape}.")
+    out_h, out_w = (int(v) for v in size)
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"resize_bilinear_align_corners: size must be positive; found {size}.")
+    h, w = images.shape[1:3]
+    if (h, w) == (out_h, out_w):
+        return images
+    y0, y1, wy = _align_corners_taps(h, out_h)
+    x0, x1, wx = _align_corners_taps(w, out_w)
+    dtype = images.dtype
+    wy = jnp.asarray(wy, dtype)[None, :, None, None]
+    wx = jnp.asarray(wx, dtype)[None, None, :, None]
+    rows = images[:, y0] * (1 - wy) + images[:, y1] * wy
+    return rows[:, :, x0] * (1 - wx) + rows[:, :, x1] * wx
 
 
 class Heads(nn.Module):
@@ -63,15 +114,24 @@ class MultiHeadClassifier(nn.Module):
     :class:`~ur_jax.models.ResNet26` with ``domains``) instead runs once per domain, as
     ``backbone(images[d], train, domain=d)``; domains may then differ in image size.
 
+    ``input_sizes``: ``((domain, S), ...)``: that domain's images are resized to ``S x S``
+    (:func:`resize_bilinear_align_corners`) inside the call, before the backbone; other
+    domains pass unchanged. It is part of the model (saved in its spec), so training,
+    validation and testing all see the same input: the Visual Decathlon's multi-domain
+    students resize the 64 px crops to ImageNet's 72 px as the authors' code does
+    (``config.model.student_input_size``), while the teachers keep their native crops.
+
     Attributes:
       backbone: a module mapping images to a dict of named features.
       num_classes: ``((domain, classes), ...)``.
       feature: the backbone feature the heads read (``'pooled'``).
+      input_sizes: ``((domain, side), ...)`` of the domains whose images are resized.
     """
 
     backbone: nn.Module
     num_classes: Sequence[tuple[str, int]]
     feature: str = "pooled"
+    input_sizes: Sequence[tuple[str, int]] = ()
 
     @property
     def domains(self) -> tuple[str, ...]:
@@ -87,6 +147,10 @@ class MultiHeadClassifier(nn.Module):
         unknown = sorted(set(images) - set(order))
         if unknown:
             raise KeyError(f"Unknown domain(s) {unknown}; this model has {list(self.domains)}.")
+        if self.input_sizes:
+            sides = dict(self.input_sizes)
+            images = {d: resize_bilinear_align_corners(images[d], (sides[d], sides[d]))
+                      if d in sides else images[d] for d in order}
         if getattr(self.backbone, "domain_specific", False):
             # Per-domain BatchNorm / adapters (e.g. ResNet26(domains=...)): one pass per domain,
             # which also lets domains differ in image size.
