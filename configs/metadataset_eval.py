@@ -12,10 +12,15 @@ Run (one GPU) on the URL student of metadataset_url.py:
         --config.metadataset.records_dir=PATH/TO/records \\
         --config.fewshot.checkpoints.url=runs/metadataset_url/students/url/model
 
-Choose the methods with --config.fewshot.methods=ncc,pa,tsa,linear, the sources the model was
-trained on (they get the "seen" learning rates; default the eight training sources) with
---config.fewshot.seen=omniglot for a teacher, and several models at once with more
---config.fewshot.checkpoints.<name>=PATH entries.
+Choose the methods with --config.fewshot.methods=ncc,pa,tsa,linear; several models at once
+with more of the entries --config.fewshot.checkpoints.{model,url,mdl,sdl}=PATH (the row names).
+Seen sources (the authors' protocol, VICO-UoE/URL after their fix): PA / TSA use the "seen"
+learning rates only on the sources each model was trained on, read from its heads (a URL /
+MDL student: its training sources; an ImageNet teacher: ImageNet only, so aircraft gets the
+unseen rates; a converted teacher with the default head name: the source whose official
+class count it has). Override them for one model with
+--config.fewshot.checkpoint_seen.url=ilsvrc_2012,omniglot or for all with
+--config.fewshot.seen=omniglot.
 
 Expected (PAPER.md §3, standard protocol): URL + PA 57.5 / 94.5 / 88.6 / 80.5 / 76.2 / 81.9 /
 68.8 / 92.1 / 63.3 / 54.0 / 94.5 / 71.9 / 62.6, averages 80.0 / 69.3 / 75.9; TSA 57.4 / 95.0 /
@@ -30,7 +35,9 @@ Not yet reproduced here: no GPU run has been made.
 from __future__ import annotations
 
 from ur_jax import metadataset_config
-from ur_jax.data.metadataset.common import TRAIN_SOURCES
+
+#: Row names a saved model can take on the command line (--config.fewshot.checkpoints.<name>).
+ROWS = ("model", "url", "mdl", "sdl")
 
 
 def get_config(arg: str | None = None):
@@ -40,6 +47,6 @@ def get_config(arg: str | None = None):
     c.fewshot.protocol = protocol
     c.fewshot.methods = ("ncc", "pa", "tsa")
     c.fewshot.models = ()
-    c.fewshot.seen = TRAIN_SOURCES
-    c.fewshot.checkpoints = {"model": ""}
+    c.fewshot.checkpoints = {name: "" for name in ROWS}
+    c.fewshot.checkpoint_seen = {name: "" for name in ROWS}  # '' = from the model's heads
     return metadataset_config.shrink_to_smoke(c) if smoke else c

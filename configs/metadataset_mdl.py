@@ -2,7 +2,9 @@
 trained on the eight training sources at once (one batch per source per step, 448 ImageNet +
 64 each other source; 240k iterations, SGD momentum 0.9, lr 3e-2, weight decay 7e-4, warm
 restarts every 48k; PAPER.md §3), then evaluated by NCC and PA on 600 test episodes of every
-source.
+source. Protocol of the authors' code (VICO-UoE/URL, train_resnet18_mdl.sh): every 48k steps
+NCC on 300 validation episodes of each source's valid classes; the best model is kept
+(runs/.../selection/mdl/best.json) and is the one saved and evaluated.
 
 Run (one GPU), from the official converted records:
 

@@ -2,6 +2,9 @@
 source with its own recipe (PAPER.md §3: SGD momentum 0.9, weight decay 7e-4, cosine annealing
 with warm restarts; e.g. ImageNet 64 / 3e-2 / 480k iterations / restarts every 48k, Omniglot
 16 / 3e-2 / 50k / 3k), then evaluated by NCC and PA on 600 test episodes of every source.
+Protocol of the authors' code (VICO-UoE/URL, train_resnet18_sdl.sh): at every restart (eval_freq
+= the restart period) NCC on 300 validation episodes of the source's valid classes; the best
+model is kept and saved; PA / TSA treat only this source as seen.
 
 Run (one GPU; the source is the config argument), from the official converted records:
 

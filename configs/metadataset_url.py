@@ -4,7 +4,10 @@ frozen single-domain teachers (metadataset_sdl.py) through linear 512 -> 512 ada
 the logits, weights 4 for ImageNet and 1 otherwise, annealed per source as 1 - t / (48k x k)
 (k = 5 ImageNet, 2 Omniglot / QuickDraw / Fungi, 1 otherwise); 240k iterations of 448 ImageNet
 + 64 each other source, SGD momentum 0.9, lr 3e-2, weight decay 7e-4, warm restarts every 48k
-(PAPER.md §3). Then NCC and PA (URL's protocol) on 600 test episodes of every source; add
+(PAPER.md §3). Protocol of the authors' code (VICO-UoE/URL, train_net_url.py): the adapters'
+Adam restarts with the student's cosine every 48k steps; every 48k steps NCC on 300 validation
+episodes of each source's valid classes picks the best student, the one saved and evaluated.
+Then NCC and PA (URL's protocol) on 600 test episodes of every source; add
 TSA with --config.fewshot.methods=ncc,pa,tsa or evaluate the saved student with
 metadataset_eval.py.
 

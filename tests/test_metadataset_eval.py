@@ -109,6 +109,28 @@ def test_bucketed_episodes_match_unpadded_reference(evaluator, backbone):
     assert 0.0 < np.mean(acc) < 1.0
 
 
+def test_validation_accuracy_is_the_mean_ncc_accuracy_per_source(backbone):
+    """Model selection's score (VICO-UoE/URL): per source, 100 x the mean over episodes of a
+    NumPy NCC (cosine prototypes) on the backbone's features."""
+    net, variables = backbone
+    sources = {"a": _records(8, 8, noise=120, seed=7), "b": _records(6, 8, noise=120, seed=8)}
+    episodes = {"a": _episodes(8, 8, 5, seed=9, max_ways=8), "b": _episodes(6, 8, 4, seed=10)}
+    got = md_eval.validation_accuracy(net, variables, sources, episodes, batch_size=16,
+                                      buckets=(16, 32))
+    assert list(got) == ["a", "b"]
+    for name, source in sources.items():
+        images = np.stack([r["image"] for r in source]).astype(np.float32) / 127.5 - 1.0
+        feats = np.asarray(net.apply(variables, images, train=False)["pooled"], np.float64)
+        accs = []
+        for e in episodes[name]:
+            s, q = feats[e.support], feats[e.query]
+            protos = np.stack([s[e.support_labels == i].mean(0) for i in range(e.ways)])
+            protos /= np.linalg.norm(protos, axis=1, keepdims=True)
+            qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+            accs.append(np.mean(np.argmax(qn @ protos.T, 1) == e.query_labels))
+        assert got[name] == pytest.approx(100 * np.mean(accs), abs=1e-4)
+
+
 def test_pa_with_zero_steps_equals_ncc(evaluator, tsa_evaluator):
     source = _records(8, 8, noise=120, seed=5)
     episodes = _episodes(8, 8, 6, seed=6, max_ways=6)

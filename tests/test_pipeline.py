@@ -82,3 +82,24 @@ def test_stage_batch_size_may_be_per_domain():
     assert train.batch_size(ml_collections.ConfigDict({"batch_size": 16}), "x") == 16
     with pytest.raises(ValueError, match="no entry for 'omniglot'"):
         train.batch_size(ml_collections.ConfigDict({"batch_size": {"imagenet": 8}}), "omniglot")
+
+
+def test_holdout_split_partitions_each_class_deterministically():
+    source = [{"image": np.zeros((2, 2, 3), np.uint8), "label": i % 4} for i in range(40)]
+    train_part, val_part = pipeline.holdout_split(source, per_class=3, seed=0)
+    assert len(train_part) == 28 and len(val_part) == 12
+    assert sorted(np.concatenate([train_part.indices, val_part.indices])) == list(range(40))
+    assert np.all(np.diff(train_part.indices) > 0)  # training records keep their order
+    assert np.bincount([val_part[i]["label"] for i in range(len(val_part))]).tolist() == [3] * 4
+    assert [train_part[i]["label"] for i in range(3)] == [source[j]["label"] for j in
+                                                          train_part.indices[:3]]
+    again = pipeline.holdout_split(source, per_class=3, seed=0)[1]
+    other = pipeline.holdout_split(source, per_class=3, seed=1)[1]
+    np.testing.assert_array_equal(again.indices, val_part.indices)
+    assert not np.array_equal(other.indices, val_part.indices)
+    with pytest.raises(ValueError, match="would keep no training example"):
+        pipeline.holdout_split(source, per_class=10)
+    with pytest.raises(ValueError, match="per_class >= 1"):
+        pipeline.holdout_split(source, per_class=0)
+    with pytest.raises(IndexError, match=r"\[0, 40\)"):
+        pipeline.Subset(source, [0, 40])

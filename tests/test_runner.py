@@ -231,6 +231,25 @@ def test_bad_config_values_are_refused_before_running(tmp_path):
         train.run(_load_config(stages=("teachers", "distill")), str(tmp_path / "b"))
     with pytest.raises(ValueError, match="needs stage 'teachers'"):
         train.run(_load_config(stages=("url",)), str(tmp_path / "c"))
-    with pytest.raises(ValueError, match="no argument or 'smoke'"):
+    with pytest.raises(ValueError, match="no argument, 'smoke' or 'tune'"):
         _load_config("tiny")
+    with pytest.raises(ValueError, match="evaluate_on='val' but the data has no validation"):
+        train.run(_load_config(evaluate_on="val", data_dir=str(tmp_path / "d")),
+                  str(tmp_path / "d"))
+    with pytest.raises(ValueError, match="evaluate_on='tset'"):
+        train.run(_load_config(evaluate_on="tset"), str(tmp_path / "e"))
     assert not os.path.exists(tmp_path / "a")  # refused before the workdir was touched
+
+
+def test_tuning_reports_on_a_validation_split_carved_from_train(data_dir, tmp_path):
+    """configs/default.py:tune reports its tables on held-out training images, never on test
+    (the learning-rate search of the default's docstring)."""
+    config = _load_config(stages=("teachers",), data_dir=data_dir, holdout_per_class=3,
+                          evaluate_on="val")
+    results = train.run(config, str(tmp_path / "run"))
+    assert results["evaluated_on"] == "val"
+    for d in config.domains:
+        assert results["teachers"][d]["examples"] == 30  # 3 per class x 10 classes, not test's
+    tune = _load_config("tune")
+    assert tune.evaluate_on == "val" and tune.holdout_per_class == 50
+    assert "fewshot" not in tune.stages

@@ -9,12 +9,20 @@ ResNet-18 (5x5 stride-2 stem, no max-pool, 512-d feature) on 84x84 images in [-1
 * the multi-domain baseline (MDL) and the URL student: 240k iterations of one batch per source
   (448 ImageNet + 64 each other source), SGD momentum 0.9, lr 3e-2, weight decay 7e-4, warm
   restarts every 48k; URL adds linear 512 -> 512 adapters per source (Adam lr 0.1, weight
-  decay 5e-4), 1 - kernel CKA on L2-normalised features and KL with T = 4 on the logits,
-  weights 4 for ImageNet and 1 otherwise, annealed as ``1 - t / (48k * k)`` with k = 5 for
-  ImageNet, 2 for Omniglot / QuickDraw / Fungi, 1 otherwise;
+  decay 5e-4, with the student's warm restarts every 48k as in VICO-UoE/URL's
+  ``train_net_url.py``), 1 - kernel CKA on L2-normalised features and KL with T = 4 on the
+  logits, weights 4 for ImageNet and 1 otherwise, annealed as ``1 - t / (48k * k)`` with
+  k = 5 for ImageNet, 2 for Omniglot / QuickDraw / Fungi, 1 otherwise;
+* model selection as in the authors' code: every ``select_every`` steps (their ``eval_freq``:
+  48k for MDL and URL, each source's restart period for its teacher) NCC accuracy on 300
+  episodes (``select_episodes``, their ``eval_size``) of the validation classes of every
+  training source, drawn once from the config's seed; the model with the best average is
+  kept (``workdir/selection/<stage>/best.json`` and ``model``), and also checked at a stage's
+  last step;
 * few-shot evaluation on the test classes of all 13 sources, 600 episodes per source of the
   standard variable-way variable-shot protocol (or 5-way-1-shot / varying-way-5-shot), with
-  NCC, PA or TSA.
+  NCC, PA or TSA; PA / TSA use the "seen" learning rates only on the sources the evaluated
+  model was trained on (a teacher: its source; a saved model: the domains of its heads).
 
 :func:`shrink_to_smoke` makes any of them a seconds-long run on a fake records directory
 (``python -m ur_jax.data.metadataset --fake DIR``).
@@ -53,7 +61,9 @@ def _student_stage() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
         "steps": STUDENT_STEPS, "batch_size": {"ilsvrc_2012": 448, "default": 64},
         "learning_rate": 3e-2, "weight_decay": 7e-4, "momentum": 0.9, "warmup_steps": 0,
-        "schedule": "cosine_restarts", "restart_every": RESTART})
+        "schedule": "cosine_restarts", "restart_every": RESTART,
+        # model selection every 48k steps (the authors' --train.eval_freq=48000)
+        "select_every": RESTART})
 
 
 def base(stages: tuple[str, ...], domains: tuple[str, ...] = TRAIN_SOURCES
@@ -81,7 +91,9 @@ def base(stages: tuple[str, ...], domains: tuple[str, ...] = TRAIN_SOURCES
         "steps": {d: v[2] for d, v in r.items()}, "batch_size": {d: v[0] for d, v in r.items()},
         "learning_rate": {d: v[1] for d, v in r.items()}, "weight_decay": 7e-4,
         "momentum": 0.9, "warmup_steps": 0, "schedule": "cosine_restarts",
-        "restart_every": {d: v[3] for d, v in r.items()}})
+        "restart_every": {d: v[3] for d, v in r.items()},
+        # model selection at every restart (train_resnet18_sdl.sh: eval_freq = anneal_freq)
+        "select_every": {d: v[3] for d, v in r.items()}})
     # Reuse trained teachers: --config.teachers.checkpoints.dtd=RUN/teachers/dtd/model
     c.teachers.checkpoints = {d: "" for d in domains}
     c.mdl = _student_stage()
@@ -89,6 +101,7 @@ def base(stages: tuple[str, ...], domains: tuple[str, ...] = TRAIN_SOURCES
     c.url.adapter = "linear"
     c.url.adapter_learning_rate = 0.1
     c.url.adapter_weight_decay = 5e-4
+    c.url.adapter_schedule = ""  # '' = the student's warm restarts (the authors'); or 'cosine'
     c.url.feature_loss = "kernel_cka"
     c.url.temperature = 4.0
     c.url.lambda_f = {"ilsvrc_2012": 4.0, "default": 1.0}
@@ -99,20 +112,26 @@ def base(stages: tuple[str, ...], domains: tuple[str, ...] = TRAIN_SOURCES
                       "default": 1}
     c.url.anneal_every = 1
 
-    c.select_every = 0  # no classification validation: the valid classes are new classes
+    # Model selection (the stages' select_every): NCC on select_episodes validation episodes
+    # (the authors' eval_size) of each training source's valid classes; the best average wins.
+    c.select_every = 0
+    c.select_episodes = 300
+    c.select_protocol = "standard"
     c.eval_batch_size = 256
     c.eval_limit = 0
     c.fewshot = ml_collections.ConfigDict({
         "domains": SOURCES, "split": "test", "protocol": "standard", "episodes": 600,
         "methods": ("ncc", "pa"), "models": ("teachers", "mdl", "url"),
-        # the sources a loaded checkpoint was trained on ('' = config.domains): they get
-        # the "seen" inner-loop learning rates
+        # The sources a loaded checkpoint was trained on get the "seen" inner-loop learning
+        # rates: by default each model's own training domains (its heads); `seen` overrides
+        # them for every checkpoint, checkpoint_seen.<row name> for one (sources or 'a,b').
         "seen": (),
+        "checkpoint_seen": {},
         "checkpoints": {},  # {row name: saved model (workdir/students/url/model, ...)}
         "buckets": (16, 32, 64, 128, 256, 512),
         "inner_steps": 0})  # PA / TSA / probe steps; 0 = the paper's (40; probe 100)
     c.log_every = 100
-    c.checkpoint_every = 1000
+    c.checkpoint_every = 500  # divides every select_every (1.5k ... 48k)
     c.keep_checkpoints = 2
     c.data_threads = 8
     return c
@@ -121,8 +140,9 @@ def base(stages: tuple[str, ...], domains: tuple[str, ...] = TRAIN_SOURCES
 def shrink_to_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A seconds-long version of ``c`` on a fake records directory: ImageNet and Omniglot as
     training sources (or the single source of an SDL config, when it is one of them), a
-    1/16-wide ResNet-18, 3 steps per stage of 8 images per source, 4 episodes per source of
-    ImageNet, Omniglot and traffic signs with 3 inner-loop steps for PA / TSA."""
+    1/16-wide ResNet-18, 3 steps per stage of 8 images per source with model selection at
+    steps 2 and 3 on 3 validation episodes per source, 4 test episodes per source of ImageNet,
+    Omniglot and traffic signs with 3 inner-loop steps for PA / TSA."""
     if c.domains:
         kept = tuple(d for d in c.domains if d in SMOKE_TRAIN) or SMOKE_TRAIN[:1]
         c.domains = kept
@@ -134,6 +154,8 @@ def shrink_to_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         c[stage].steps = {"default": 3} if mapping else 3
         c[stage].batch_size = {"default": 8}
         c[stage].restart_every = {"default": 2} if mapping else 2
+        c[stage].select_every = {"default": 2} if mapping else 2
+    c.select_episodes = 3
     c.url.anneal_steps = 2
     c.fewshot.domains = SMOKE_FEWSHOT
     c.fewshot.episodes = 4

@@ -38,6 +38,7 @@ import logging as pylogging
 import os
 import shutil
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -237,6 +238,45 @@ def _stage_sgd(stage_config, domain: str | None = None):
                 tuple(float(f) for f in stage_config.get("decay_at", ())),
                 float(stage_config.get("decay_factor", 0.1)),
                 int(stage_value(stage_config, "restart_every", domain)) if restart else 0)
+
+
+ADAPTER_SCHEDULES = ("", "cosine", "cosine_restarts")
+
+
+def adapter_learning_rate_schedule(stage_config) -> optax.Schedule:
+    """The schedule of a URL stage's alignment adapters (Adam at ``adapter_learning_rate``).
+
+    ``stage_config.adapter_schedule`` (optional; default ``''``, follow the stage):
+
+    * ``''`` with the stage's ``schedule='cosine_restarts'``: the student's warm restarts
+      (every ``restart_every`` steps, same warmup) at the adapters' base rate. This is
+      VICO-UoE/URL's ``train_net_url.py`` (Meta-Dataset): the adapters' optimizer is stepped
+      by its own ``CosineAnnealRestartLR`` built from the same arguments as the student's.
+    * ``''`` with any other stage schedule (``'cosine'``, ``'step'``): one cosine decay over
+      the stage's ``steps`` after its ``warmup_steps``; the Decathlon recipe (PAPER.md §2:
+      the student steps x0.1 at epochs 80 / 100, the adapters follow a cosine over the run;
+      the authors step PyTorch's ``CosineAnnealingLR(T_max=120)`` once per epoch, here it
+      moves every step) and the embedded default.
+    * ``'cosine'`` / ``'cosine_restarts'``: that schedule whatever the student's.
+
+    Returns an optax schedule ``step (int) -> learning rate (float32)``; raises
+    ``ValueError`` for another ``adapter_schedule``, or for restarts without a positive
+    ``restart_every``.
+    """
+    kind = stage_config.get("adapter_schedule", "") or ""
+    if kind not in ADAPTER_SCHEDULES:
+        raise ValueError(f"adapter_schedule={kind!r}; expected one of {ADAPTER_SCHEDULES} "
+                         f"('' follows the stage's schedule).")
+    if not kind:
+        kind = ("cosine_restarts" if stage_config.get("schedule", "cosine") == "cosine_restarts"
+                else "cosine")
+    restart = 0
+    if kind == "cosine_restarts":
+        restart = int(stage_value(stage_config, "restart_every", None)
+                      if "restart_every" in stage_config else 0)
+    return learning_rate_schedule(float(stage_config.adapter_learning_rate),
+                                  stage_steps(stage_config), int(stage_config.warmup_steps), kind,
+                                  restart_every=restart)
 
 
 def stage_value(stage_config, key: str, domain: str | None) -> Any:
@@ -488,18 +528,22 @@ class BestModel:
     accuracy seen at the :func:`fit` ``validate`` calls, on disk (``<directory>/model`` and
     ``best.json``), so that a resumed run selects exactly as an uninterrupted one.
 
-    ``to_variables(state)``: the model's variables from a train state.
+    ``to_variables(state)``: the model's variables from a train state. ``measure(variables)``:
+    the per-domain validation accuracy (%) ``{domain: float}``; default: classification
+    accuracy on ``sources`` (:func:`evaluate`). Meta-Dataset measures NCC on validation
+    episodes of new classes instead (:func:`_episodic_validation`).
     """
 
     def __init__(self, directory: str, spec, model, sources, names, data, config, mesh, writer,
-                 stage: str, to_variables: Callable[[Any], dict[str, Any]]):
+                 stage: str, to_variables: Callable[[Any], dict[str, Any]],
+                 measure: Callable[[dict[str, Any]], dict[str, float]] | None = None):
         self.directory, self.spec, self.model, self.sources = directory, spec, model, sources
         self.inputs, self.config, self.mesh, self.writer = _inputs(data, names), config, mesh, writer
-        self.stage, self.to_variables = stage, to_variables
+        self.stage, self.to_variables, self.measure = stage, to_variables, measure
         self.record = os.path.join(directory, "best.json")
 
     def best(self) -> dict[str, Any] | None:
-        """``{'step', 'accuracy'}`` of the selected model so far, or ``None``."""
+        """``{'step', 'accuracy', 'per_domain'}`` of the selected model so far, or ``None``."""
         if not os.path.exists(self.record):
             return None
         with open(self.record) as f:
@@ -507,10 +551,16 @@ class BestModel:
 
     def __call__(self, step: int, state: Any) -> None:
         variables = jax.device_get(self.to_variables(state))
-        per_domain = evaluate(self.model, variables, self.sources, self.config, self.mesh,
-                              self.inputs.get("transform"), self.inputs["normalize"])
-        accuracy = float(np.mean([v["accuracy"] for v in per_domain.values()]))
-        self.writer.write_scalars(step, {f"{self.stage}/val_accuracy": accuracy})
+        if self.measure is not None:
+            per_domain = {d: float(a) for d, a in self.measure(variables).items()}
+        else:
+            per_domain = {d: v["accuracy"] for d, v in evaluate(
+                self.model, variables, self.sources, self.config, self.mesh,
+                self.inputs.get("transform"), self.inputs["normalize"]).items()}
+        accuracy = float(np.mean(list(per_domain.values())))
+        self.writer.write_scalars(step, {f"{self.stage}/val_accuracy": accuracy,
+                                         **{f"{self.stage}/val_accuracy/{d}": a
+                                            for d, a in per_domain.items()}})
         best = self.best()
         improved = best is None or accuracy > best["accuracy"] or best["step"] == step
         logging.info("[%s] step %d: validation accuracy %.2f%%%s", self.stage, step, accuracy,
@@ -519,7 +569,8 @@ class BestModel:
         if improved:
             checkpointing.save_model(os.path.join(self.directory, "model"), self.spec, variables)
             os.makedirs(self.directory, exist_ok=True)
-            _write_json(self.record, {"step": int(step), "accuracy": accuracy})
+            _write_json(self.record, {"step": int(step), "accuracy": accuracy,
+                                      "per_domain": per_domain})
 
     def load(self) -> dict[str, Any]:
         """The selected model's variables."""
@@ -528,14 +579,76 @@ class BestModel:
         return variables
 
 
-def _selection(name: str, config, spec, model, data, names, to_variables, mesh, writer, workdir):
-    """A :class:`BestModel` for a stage, or ``None`` when selection is off (``config.
-    select_every == 0``) or the data has no validation split."""
-    if not config.get("select_every") or not data.val:
+def stage_select_every(config, stage_config, domain: str | None = None) -> int:
+    """How often a stage validates for model selection (0: never): the stage's own
+    ``select_every`` when it has one (a number, or ``{domain: steps}`` like the Meta-Dataset
+    teachers' ``eval_freq``, which VICO-UoE/URL's scripts set to each source's restart
+    period), else ``config.select_every``."""
+    if "select_every" in stage_config:
+        return int(stage_value(stage_config, "select_every", domain) or 0)
+    return int(config.get("select_every") or 0)
+
+
+def _episodic_validation(config, model, data, names: Mapping[str, str], mesh
+                         ) -> Callable[[dict[str, Any]], dict[str, float]]:
+    """The Meta-Dataset validation of VICO-UoE/URL (``train_net*.py``): NCC accuracy (%) of
+    the backbone on ``config.select_episodes`` (their ``eval_size``, 300) episodes of
+    ``config.select_protocol`` (default ``'standard'``) from the validation classes of each
+    training domain of ``names``. The episodes are drawn once, seeded by ``config.seed`` and
+    the source (the authors draw new ones at every validation): every validation of a run,
+    and of a resumed run, scores the same episodes."""
+    from ur_jax.data import episodes as episodes_lib
+    from ur_jax.evaluation import metadataset as md_eval
+
+    domains = tuple(dict.fromkeys(names.values()))
+    missing = [d for d in domains if d not in data.val_fewshot_specs]
+    if missing:
+        raise ValueError(f"Model selection needs validation classes of every training source; "
+                         f"{missing} have none. Set select_every=0 for this stage (no "
+                         f"selection: the last model is kept).")
+    count = int(config.get("select_episodes") or 300)
+    protocol = config.get("select_protocol") or "standard"
+    episodes = {d: episodes_lib.sample_episodes(data.val_fewshot_specs[d], count, protocol,
+                                                seed=_seed(config, 6, zlib.crc32(d.encode())))
+                for d in domains}
+    sources = {d: data.val_fewshot[d] for d in domains}
+    fs = config.get("fewshot") or {}
+    buckets = tuple(fs.get("buckets") or ()) or None
+
+    def measure(variables: dict[str, Any]) -> dict[str, float]:
+        backbone_vars = {c: v["backbone"] for c, v in variables.items() if "backbone" in v}
+        kwargs = {"buckets": buckets} if buckets else {}
+        per_source = md_eval.validation_accuracy(
+            model.backbone, backbone_vars, sources, episodes, batch_size=config.eval_batch_size,
+            mesh=mesh, normalize=data.normalize(domains[0]), **kwargs)
+        logging.info("NCC on %d validation episodes per source: %s", count,
+                     ", ".join(f"{d} {a:.2f}%" for d, a in per_source.items()))
+        return per_source
+
+    return measure
+
+
+def _selection(name: str, config, spec, model, data, names, to_variables, mesh, writer, workdir,
+               every: int | None = None):
+    """A :class:`BestModel` for a stage, or ``None`` when selection is off (``every``, default
+    ``config.select_every``, is 0), the data has no validation split, or ``config.train_split
+    == 'train+val'`` (the validation images are training images: the last model is kept, as
+    for the paper's Decathlon Table 2). Data whose validation classes are new classes
+    (Meta-Dataset: ``data.val_fewshot_specs``) are scored by NCC on validation episodes
+    (:func:`_episodic_validation`), others by classification accuracy on ``data.val``."""
+    every = int(config.get("select_every") or 0) if every is None else int(every)
+    if not every or config.get("train_split") == "train+val":
+        return None
+    directory = os.path.join(workdir, "selection", name)
+    if data.val_fewshot_specs:
+        return BestModel(directory, spec, model, {}, names, data, config, mesh, writer, name,
+                         to_variables, measure=_episodic_validation(config, model, data, names,
+                                                                    mesh))
+    if not data.val:
         return None
     sources = {m: data.val[d] for m, d in names.items()}
-    return BestModel(os.path.join(workdir, "selection", name), spec, model, sources, names, data,
-                     config, mesh, writer, name, to_variables)
+    return BestModel(directory, spec, model, sources, names, data, config, mesh, writer, name,
+                     to_variables)
 
 
 def _train_classifier(name: str, config, stage_config, model, data, names: Mapping[str, str],
@@ -558,14 +671,15 @@ def _train_classifier(name: str, config, stage_config, model, data, names: Mappi
                                      seed=_seed(config, *seed_path, 1),
                                      augment=inputs.get("augment", config.augment),
                                      normalize=inputs["normalize"])
+    every = stage_select_every(config, stage_config, lr_domain)
     select = _selection(name, config, spec, model, data, names,
                         lambda st: {"params": st.params, "batch_stats": st.batch_stats},
-                        mesh, writer, workdir)
+                        mesh, writer, workdir, every=every)
     state = fit(name, _train_step_fn(model, mesh), state, dataset,
                 stage_steps(stage_config, lr_domain),
                 os.path.join(workdir, "checkpoints", name), config, mesh, writer,
                 examples_per_step=sum(batch_sizes.values()), validate=select,
-                validate_every=int(config.get("select_every") or 0))
+                validate_every=every)
     if select is not None:
         return select.load()
     return {"params": state.params, "batch_stats": state.batch_stats}
@@ -618,16 +732,41 @@ def train_teachers(config, data, mesh, writer, workdir
                                       mesh, writer, workdir, (1, i), generic_spec, init=init,
                                       lr_domain=d, log_parameters=not logged)
         logged = True
-        variables = _rename_head(variables, _TEACHER_HEAD, d)
-        checkpointing.save_model(os.path.join(workdir, "teachers", d, "model"), spec,
-                                 jax.device_get(variables))
+        # A host copy: without model selection these are the final train state's arrays, and
+        # a later stage started from them (fine-tuning, MDL / URL init) would donate them.
+        variables = jax.device_get(_rename_head(variables, _TEACHER_HEAD, d))
+        checkpointing.save_model(os.path.join(workdir, "teachers", d, "model"), spec, variables)
         teachers[d] = (checkpointing.model_from_spec(spec), variables)
     return {d: teachers[d] for d in config.domains}
 
 
+def student_input_sizes(config, data) -> dict[str, int]:
+    """``{domain: S}``: the training domains whose images the multi-domain students (MDL,
+    URL) resize to ``S x S`` (:attr:`MultiHeadClassifier.input_sizes`), from
+    ``config.model.student_input_size`` (``S``; 0 or absent: none). Only when the domains'
+    image sizes differ, and only the domains not already ``S x S``: on the Visual Decathlon,
+    with imagenet12's 72 px crops among the domains, every 64 px crop becomes 72 x 72, as in
+    the authors' ``trainmdl`` / ``trainurl`` / ``urltest`` (VICO-UoE/UniversalRepresentations,
+    ``VisualDecathlon/utils_pytorch.py``: ``kornia.augmentation.Resize((72, 72))`` when
+    ``'imagenet12'`` is trained); teachers keep their native crops.
+
+    Raises:
+      ValueError: for a negative or non-integer ``student_input_size``.
+    """
+    size = config.model.get("student_input_size") or 0
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ValueError(f"config.model.student_input_size={size!r}; expected an integer side "
+                         f"in pixels (72 on the Decathlon) or 0 for the native image sizes.")
+    shapes = {d: tuple(data.shape(d)[:2]) for d in config.domains}
+    if not size or len(set(shapes.values())) < 2:
+        return {}
+    return {d: size for d, hw in shapes.items() if hw != (size, size)}
+
+
 def _student_spec(config, data) -> dict[str, Any]:
     return checkpointing.model_spec(config.model.backbone, _student_kwargs(config),
-                                    {d: data.num_classes[d] for d in config.domains})
+                                    {d: data.num_classes[d] for d in config.domains},
+                                    input_sizes=student_input_sizes(config, data))
 
 
 def _student(config, data) -> MultiHeadClassifier:
@@ -695,12 +834,10 @@ def train_url(config, data, teachers, mesh, writer, workdir):
         mode=config.teacher_mode)
     adapters = AlignmentAdapters(tuple((d, teachers[d][0].backbone.feature_dim) for d in domains),
                                  kind=u.adapter)
-    adapter_schedule = optax.warmup_cosine_decay_schedule(
-        0.0, u.adapter_learning_rate, min(u.warmup_steps, max(u.steps - 1, 0)), max(u.steps, 1))
     state = steps.init_distill_state(
         student, adapters, jax.random.key(_seed(config, 3), impl=config.init_rng_impl),
         _sample_images(inputs["shapes"]), _stage_sgd(u),
-        optim.adam(adapter_schedule, weight_decay=u.adapter_weight_decay),
+        optim.adam(adapter_learning_rate_schedule(u), weight_decay=u.adapter_weight_decay),
         student_variables=_student_init("url", config, data, student, teachers, (3, 2)))
     parameter_overview.log_parameter_overview(state.params["adapters"],
                                               msg="[url] alignment adapters")
@@ -716,11 +853,11 @@ def train_url(config, data, teachers, mesh, writer, workdir):
     select = _selection("url", config, _student_spec(config, data), student, data,
                         {d: d for d in domains},
                         lambda st: {"params": st.params["student"], "batch_stats": st.batch_stats},
-                        mesh, writer, workdir)
+                        mesh, writer, workdir, every=stage_select_every(config, u))
     state = fit("url", step_fn, state, dataset, u.steps, os.path.join(workdir, "checkpoints", "url"),
                 config, mesh, writer, examples_per_step=sum(batch_sizes.values()),
                 teacher_vars=teacher_vars, validate=select,
-                validate_every=int(config.get("select_every") or 0))
+                validate_every=stage_select_every(config, u))
     if select is not None:
         return student, select.load()
     return student, {"params": state.params["student"], "batch_stats": state.batch_stats}
@@ -780,9 +917,12 @@ def run_episodic_fewshot(config, data, models: Mapping[str, tuple[Any, dict, tup
     config's seed and the source), evaluated with each of ``config.fewshot.methods``.
 
     ``models``: ``{row name: (model, variables, seen sources)}``; the seen sources pick the
-    inner-loop learning rates (:func:`ur_jax.evaluation.metadataset.learning_rates`).
+    inner-loop learning rates (:func:`ur_jax.evaluation.metadataset.learning_rates`): the
+    "seen" ones only on the sources that model was trained on.
     Returns ``{'kind': 'episodic', 'protocol', 'domains', 'episodes', 'rows': {'<model>
-    <method>': per-source accuracy ± CI and seen / unseen / all averages}}``.
+    <method>': per-source accuracy ± CI and seen / unseen / all averages}, 'seen': {model:
+    its seen sources}, 'learning_rates': {'<model> <method>': {source: the inner-loop rates
+    used}}}``.
     """
     from ur_jax.data import episodes as episodes_lib
     from ur_jax.evaluation import metadataset as md_eval
@@ -797,32 +937,46 @@ def run_episodic_fewshot(config, data, models: Mapping[str, tuple[Any, dict, tup
                                              episodes_lib.describe(sampled[d]).items()
                                              if k.startswith("mean")})
     rows: dict[str, Any] = {}
+    used: dict[str, dict[str, dict[str, float]]] = {}
     for name, (model, variables, seen) in models.items():
         backbone_vars = {c: v["backbone"] for c, v in variables.items() if "backbone" in v}
         evaluator = md_eval.EpisodeEvaluator(model.backbone, backbone_vars,
                                              batch_size=config.eval_batch_size,
                                              buckets=tuple(f.buckets), mesh=mesh)
         for method in f.methods:
+            rates = {d: md_eval.learning_rates(method, seen=d in seen) for d in domains}
             acc = {d: evaluator.evaluate(data.fewshot[d], sampled[d], method, seen=d in seen,
                                          steps=int(f.get("inner_steps") or 0) or None,
+                                         lrs=rates[d],
                                          progress=md_eval.log_progress(f"{name} {method} {d}"))
                    for d in domains}
             row = md_eval.summarize(acc, seen)
             rows[f"{name} {method}"] = row
+            used[f"{name} {method}"] = rates
             logging.info("[fewshot] %s %s: %s; averages %s", name, method,
                          ", ".join(f"{d} {row[d]['accuracy']:.1f}±{row[d]['ci95']:.1f}"
                                    for d in domains),
                          ", ".join(f"{g} {v:.1f}" for g, v in row["averages"].items()
                                    if v is not None))
     return {"kind": "episodic", "protocol": f.protocol, "domains": list(domains),
-            "episodes": int(f.episodes), "rows": rows}
+            "episodes": int(f.episodes), "rows": rows,
+            "seen": {name: list(m[2]) for name, m in models.items()}, "learning_rates": used}
 
 
 def _fewshot_models(config, models, teachers) -> dict[str, tuple[Any, dict, tuple[str, ...]]]:
-    """The models the ``fewshot`` stage evaluates, with the sources each was trained on:
-    the teachers and students ``config.fewshot.models`` names, and the saved models
-    ``config.fewshot.checkpoints`` ``{row name: path}`` points to (trained on
-    ``config.fewshot.seen``, default the training domains)."""
+    """The models the ``fewshot`` stage evaluates, with the sources each was trained on
+    (they get PA's / TSA's "seen" learning rates): the teachers (their own source) and
+    students (``config.domains``) ``config.fewshot.models`` names, and the saved models
+    ``config.fewshot.checkpoints`` ``{row name: path}`` points to. A saved model's sources
+    are, in order of precedence: ``config.fewshot.checkpoint_seen.<row name>`` (sources, or
+    a comma-separated string), ``config.fewshot.seen`` (for every saved model), else its own
+    training domains read from its heads
+    (:func:`ur_jax.evaluation.metadataset.training_sources`): an ImageNet-only model has
+    one seen source, as in VICO-UoE/URL after the authors' fix (they used to give every
+    loaded model all eight training sources)."""
+    from ur_jax.data.metadataset.common import SOURCES
+    from ur_jax.evaluation import metadataset as md_eval
+
     f = config.fewshot
     chosen: dict[str, tuple[Any, dict, tuple[str, ...]]] = {}
     if "teachers" in f.models and teachers:
@@ -831,13 +985,31 @@ def _fewshot_models(config, models, teachers) -> dict[str, tuple[Any, dict, tupl
     for name, (model, variables) in models.items():
         if name in f.models:
             chosen[name] = (model, variables, tuple(config.domains))
-    seen = tuple(f.get("seen") or config.domains)
+    every = _sources(f.get("seen"))
+    per_model = dict(f.get("checkpoint_seen") or {})
     for name, path in dict(f.get("checkpoints") or {}).items():
         if path:
             logging.info("[fewshot] loading %s from %s", name, path)
             model, variables = checkpointing.load_model(path)
+            seen = (_sources(per_model.get(name)) or every
+                    or md_eval.training_sources(model.num_classes, name))
+            unknown = [s for s in seen if s not in SOURCES]
+            if unknown:
+                raise ValueError(f"The seen sources of {name!r} include {unknown}, which are not "
+                                 f"Meta-Dataset sources {list(SOURCES)}; fix "
+                                 f"config.fewshot.checkpoint_seen.{name} / config.fewshot.seen.")
+            logging.info("[fewshot] %s: seen sources %s", name, list(seen))
             chosen[name] = (model, variables, seen)
     return chosen
+
+
+def _sources(value: Any) -> tuple[str, ...]:
+    """A config's list of sources: a sequence or a string, comma-separated names in either
+    (``--config.fewshot.seen=a,b`` arrives as ``('a,b',)``)."""
+    if not value:
+        return ()
+    items = [value] if isinstance(value, str) else list(value)
+    return tuple(s.strip() for item in items for s in str(item).split(",") if s.strip())
 
 
 # ----------------------------------------------------------------------------- the run
@@ -858,12 +1030,13 @@ def decathlon_scores(results: Mapping[str, Any], config) -> dict[str, dict[str, 
         if not row:
             continue
         acc = {d: row[d]["accuracy"] for d in config.domains}
-        entry = {"decathlon_score": dec.decathlon_score(acc, bounds)}
+        # evaluate() gives % (100 * correct / n): no check for fractions
+        entry = {"decathlon_score": dec.decathlon_score(acc, bounds, percent=True)}
         reference = {d: teachers[d]["accuracy"] for d in acc if d in teachers}
         if len(reference) == len(acc) and all(r > 0 for r in reference.values()):
-            entry["delta_mdl"] = dec.delta_mdl(acc, reference)
+            entry["delta_mdl"] = dec.delta_mdl(acc, reference, percent=True)
         if set(acc) <= set(dec.FINETUNE_ACCURACY):
-            entry["delta_mdl_paper"] = dec.delta_mdl(acc)
+            entry["delta_mdl_paper"] = dec.delta_mdl(acc, percent=True)
         out[name] = entry
     return out
 
@@ -875,6 +1048,8 @@ def format_table(results: Mapping[str, Any]) -> str:
     rows = [(name, results[name]) for name in ("teachers", "mdl", "url") if results.get(name)]
     width = max([8, *(len(d) for d in domains)])
     split = {"test": "Test", "val": "Validation"}[results.get("evaluated_on", "test")]
+    if split == "Validation" and results["config"].get("train_split") == "train+val":
+        split += " (trained on: train_split=train+val)"
     scores = results.get("scores") or {}
     extra = f"{'score':>{9}}{'dMDL':>{8}}" if scores else ""
     lines = [f"{split} accuracy (%)",
@@ -982,6 +1157,36 @@ def validate_config(config: ml_collections.ConfigDict, mesh: Mesh | None = None)
                          f"a positive multiple of config.checkpoint_every="
                          f"{config.checkpoint_every}, so that a resumed run selects exactly as "
                          f"an uninterrupted one.")
+    for key in ("teachers", "mdl", "url"):
+        if key not in config.stages or "select_every" not in config[key]:
+            continue
+        for d in config.domains:
+            every = stage_select_every(config, config[key], d)
+            if every < 0 or (every and every % config.checkpoint_every):
+                raise ValueError(f"config.{key}.select_every is {every} for {d!r}; it must be 0 "
+                                 f"(no model selection) or a positive multiple of "
+                                 f"config.checkpoint_every={config.checkpoint_every}, so that a "
+                                 f"resumed run selects exactly as an uninterrupted one.")
+    if int(config.get("select_episodes") or 1) < 1:
+        raise ValueError(f"config.select_episodes={config.select_episodes}: validation episodes "
+                         f"per source must be positive (the authors' eval_size is 300).")
+    if config.get("select_protocol"):
+        from ur_jax.data.episodes import PROTOCOLS
+
+        if config.select_protocol not in PROTOCOLS:
+            raise ValueError(f"config.select_protocol={config.select_protocol!r}; expected one "
+                             f"of {PROTOCOLS}.")
+    size = config.model.get("student_input_size") or 0
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ValueError(f"config.model.student_input_size={size!r}; expected an integer side "
+                         f"in pixels (72 on the Decathlon) or 0 for the native image sizes.")
+    if config.get("evaluate_on") == "val" and config.get("train_split") == "train+val":
+        raise ValueError("config.evaluate_on='val' with config.train_split='train+val' would score "
+                         "images the models train on; use train_split='train' to evaluate on "
+                         "validation.")
+    if config.get("evaluate_on") not in (None, "", "test", "val"):
+        raise ValueError(f"config.evaluate_on={config.evaluate_on!r}; expected 'test' (tables on "
+                         f"the test split) or 'val' (on the validation split, for tuning).")
     if config.get("score") not in (None, "", "decathlon"):
         raise ValueError(f"config.score={config.score!r}; expected '' or 'decathlon'.")
     needs = {"mdl": (), "url": ("teachers",), "fewshot": ()}
@@ -1030,8 +1235,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
                                "teachers": {}, "mdl": {}, "url": {}}
     t_start = time.perf_counter()
     split = "test" if all(data.labelled(d) for d in config.domains) else "val"
+    if config.get("evaluate_on") == "val":  # choosing hyperparameters: never look at test
+        if not data.val:
+            raise ValueError("config.evaluate_on='val' but the data has no validation split; "
+                             "for the embedded data set config.holdout_per_class > 0.")
+        split = "val"
     results["evaluated_on"] = split
-    if split == "val":
+    if split == "val" and config.get("train_split") == "train+val":
+        logging.warning("config.train_split='train+val': the models train on the validation "
+                        "images, so the validation accuracies below are not held-out numbers. "
+                        "Add the labelled test annotations (README: Visual Decathlon) to score "
+                        "the test split.")
+    if split == "val" and config.get("evaluate_on") != "val":
         logging.info("The test split of %s has no labels: results are on the validation split; "
                      "test predictions go to %s.", [d for d in config.domains if not data.labelled(d)],
                      os.path.join(workdir, "predictions"))

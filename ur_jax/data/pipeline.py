@@ -198,3 +198,92 @@ def domain_subset(mapping: Mapping[str, Any], domains: Sequence[str]) -> dict[st
     if missing:
         raise KeyError(f"Domain(s) {missing} missing; available: {sorted(mapping)}.")
     return {d: mapping[d] for d in domains}
+
+
+class Subset:
+    """The records ``indices`` of a random-access ``source``, as a random-access source
+    (``len``, ``[i]``) that :func:`train_batches` and :func:`eval_batches` read like any other.
+
+    Raises:
+      IndexError: when an index is outside ``[0, len(source))``.
+    """
+
+    def __init__(self, source: Source, indices: Sequence[int]):
+        self.source = source
+        self.indices = np.asarray(indices, np.int64).reshape(-1)
+        if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= len(source)):
+            raise IndexError(f"Subset indices must lie in [0, {len(source)}); found "
+                             f"[{self.indices.min()}, {self.indices.max()}].")
+
+    def __len__(self) -> int:
+        return int(self.indices.size)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.source[int(self.indices[index])]
+
+    def __repr__(self) -> str:
+        return f"Subset({len(self)} of {len(self.source)} records)"
+
+
+def holdout_split(source: Source, per_class: int, seed: int = 0) -> tuple[Subset, Subset]:
+    """Carves a class-balanced validation split out of a labelled training ``source``.
+
+    For each label, ``per_class`` of its records (chosen with ``numpy.random.
+    default_rng(seed)``) go to the validation part; the rest stay for training, in their
+    original order. The same ``(source, per_class, seed)`` always gives the same split.
+
+    Returns:
+      ``(train, val)``: two :class:`Subset` of ``source`` that partition it.
+
+    Raises:
+      ValueError: if ``per_class < 1`` or some class has no more than ``per_class`` records
+        (it would leave no training example of that class).
+    """
+    if per_class < 1:
+        raise ValueError(f"holdout_split needs per_class >= 1; found {per_class}.")
+    labels = np.asarray([int(source[i]["label"]) for i in range(len(source))])
+    classes, counts = np.unique(labels, return_counts=True)
+    small = {int(c): int(n) for c, n in zip(classes, counts) if n <= per_class}
+    if small:
+        raise ValueError(f"Cannot hold out {per_class} examples per class: class(es) {small} "
+                         f"(label: count) would keep no training example. Use a smaller number.")
+    rng = np.random.default_rng(seed)
+    held = np.concatenate([rng.choice(np.flatnonzero(labels == c), per_class, replace=False)
+                           for c in classes])
+    is_val = np.zeros(len(labels), bool)
+    is_val[held] = True
+    return Subset(source, np.flatnonzero(~is_val)), Subset(source, np.flatnonzero(is_val))
+
+
+class ConcatSource:
+    """Random-access concatenation of sources (``len``, ``[i]``): ``parts[0]``'s records,
+    then ``parts[1]``'s, ... Records are returned unchanged. (:mod:`ur_jax.data.decathlon`'s
+    train + val split is one.)
+
+    Raises:
+      ValueError: for no parts.
+      IndexError: for an index outside ``[-len, len)``.
+    """
+
+    def __init__(self, *parts: Any, name: str = "concatenation"):
+        if not parts:
+            raise ValueError("ConcatSource needs at least one source.")
+        self.parts, self.name = parts, name
+        self._ends = np.cumsum([len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self._ends[-1])
+
+    def __getitem__(self, index: int) -> Any:
+        n = len(self)
+        i = int(index)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"Index {index} out of range for {self.name} ({n} records).")
+        part = int(np.searchsorted(self._ends, i, side="right"))
+        start = int(self._ends[part - 1]) if part else 0
+        return self.parts[part][i - start]
+
+    def __repr__(self) -> str:
+        return f"ConcatSource({self.name}, {len(self)} records)"

@@ -34,6 +34,10 @@ class ClassificationData:
         episodes (variable ways and shots) and evaluates on images
         (:mod:`ur_jax.evaluation.metadataset`) instead of fixed-shape feature episodes.
       val: ``{domain: source}`` of validation data (model selection), if any.
+      val_fewshot, val_fewshot_specs: ``{domain: source}`` and ``{domain: SplitSpec}`` of the
+        validation classes of each training domain, when they are new classes (Meta-Dataset's
+        ``valid`` split): model selection then scores NCC on episodes of them
+        (:func:`ur_jax.evaluation.metadataset.validation_accuracy`) instead of ``val``.
       train_transform: ``{domain: fn(record, rng) -> {'image': uint8, 'label'}}``, the
         per-domain training augmentation; ``None``: ``config.augment`` for every domain.
       eval_transform: ``{domain: fn(record) -> record}`` applied before evaluation.
@@ -52,6 +56,8 @@ class ClassificationData:
     fewshot: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     fewshot_specs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     val: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    val_fewshot: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    val_fewshot_specs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     train_transform: Mapping[str, Callable[..., Any]] | None = None
     eval_transform: Mapping[str, Callable[..., Any]] | None = None
     normalization: Mapping[str, Any] | None = None
@@ -111,12 +117,21 @@ def _embedded(config) -> ClassificationData:
             raise ValueError(f"Unknown embedded domain(s) {unknown}; available: {list(valid)}.")
     root = data_dir(config)
     embedded.prepare(root, tuple(config.domains) + fewshot)
+    train = {d: embedded.data_source(d, "train", root) for d in config.domains}
+    val = {}
+    holdout = int(config.get("holdout_per_class") or 0)
+    if holdout:  # a validation split carved from train, for choosing hyperparameters
+        from ur_jax.data.pipeline import holdout_split
+
+        for d in config.domains:
+            train[d], val[d] = holdout_split(train[d], holdout, seed=0)
     return ClassificationData(
-        train={d: embedded.data_source(d, "train", root) for d in config.domains},
+        train=train,
         test={d: embedded.data_source(d, "test", root) for d in config.domains},
         num_classes={d: embedded.NUM_CLASSES[d] for d in config.domains},
         image_shape=tuple(embedded.IMAGE_SHAPE),
-        fewshot={d: embedded.data_source(d, "test", root) for d in fewshot})
+        fewshot={d: embedded.data_source(d, "test", root) for d in fewshot},
+        val=val)
 
 
 register("embedded", _embedded)
@@ -125,15 +140,29 @@ register("embedded", _embedded)
 def _decathlon(config) -> ClassificationData:
     """The Visual Decathlon (:mod:`ur_jax.data.decathlon`): built from the local
     ``decathlon-1.0/`` in ``config.manual_dir`` (``config.decathlon_source='manual'``), or
-    TFDS's ``visual_domain_decathlon`` (``'tfds'``, downloads)."""
+    TFDS's ``visual_domain_decathlon`` (``'tfds'``, downloads).
+
+    ``config.train_split``: ``'train'`` (default) or ``'train+val'`` (the union the paper's
+    Table 2 models train on; the runner then selects no model on validation).
+    ``config.decathlon_normalization``: ``'published'`` (default: the fixed per-domain
+    constants :data:`ur_jax.data.decathlon.MEAN_STD`, as the authors) or ``'estimated'``
+    (measured on the prepared train images; manual source only)."""
     from ur_jax.data import decathlon
-    from ur_jax.data.pipeline import Normalization
 
     domains = tuple(config.domains)
     unknown = [d for d in domains if d not in decathlon.DOMAINS]
     if unknown:
         raise ValueError(f"Unknown Decathlon domain(s) {unknown}; available: "
                          f"{list(decathlon.DOMAINS)}.")
+    train_split = config.get("train_split") or "train"
+    if train_split not in ("train", decathlon.TRAIN_VAL):
+        raise ValueError(f"config.train_split={train_split!r}; expected 'train' (validation "
+                         f"selects the model) or {decathlon.TRAIN_VAL!r} (the paper's Table 2 "
+                         "protocol: train on both, keep the last model).")
+    stats = config.get("decathlon_normalization") or "published"
+    if stats not in decathlon.NORMALIZATIONS:
+        raise ValueError(f"config.decathlon_normalization={stats!r}; expected one of "
+                         f"{list(decathlon.NORMALIZATIONS)}.")
     root = data_dir(config)
     kind = config.get("decathlon_source") or "manual"
     if kind == "manual":
@@ -142,21 +171,25 @@ def _decathlon(config) -> ClassificationData:
         meta = {d: decathlon.metadata(d, root) for d in domains}
         num_classes = {d: len(meta[d]["category_ids"]) for d in domains}
         labelled = {d: bool(meta[d]["test_labels"]) for d in domains}
-        normalization = {d: decathlon.normalization(d, root) for d in domains}
+        normalization = {d: decathlon.normalization(d, root, stats) for d in domains}
 
         def export(predictions, path):
             return decathlon.export_predictions(predictions, root, path)
     elif kind == "tfds":
+        if stats != "published":
+            raise ValueError("config.decathlon_normalization='estimated' needs the manual "
+                             "source (config.decathlon_source='manual'), whose builder measures "
+                             "the mean/std; use 'published' with 'tfds'.")
         source = functools.partial(decathlon.tfds_source, data_dir=root)
         num_classes = {d: decathlon.NUM_CLASSES[d] for d in domains}
         labelled = {d: False for d in domains}  # TFDS's test split has no labels
-        normalization = {d: Normalization() for d in domains}
+        normalization = {d: decathlon.normalization(d) for d in domains}
         export = None
     else:
         raise ValueError(f"config.decathlon_source={kind!r}; expected 'manual' (a local "
                          f"decathlon-1.0/ in config.manual_dir) or 'tfds'.")
     return ClassificationData(
-        train={d: source(d, "train") for d in domains},
+        train={d: source(d, train_split) for d in domains},
         test={d: source(d, "test") for d in domains},
         val={d: source(d, "val") for d in domains},
         num_classes=num_classes,
@@ -200,13 +233,17 @@ def _metadataset(config) -> ClassificationData:
                tfds_data_dir=path("tfds_data_dir"))
     split = config.fewshot.get("split") or "test"
     shape = (md.IMAGE_SIZE, md.IMAGE_SIZE, 3)
+    # the validation classes of the training sources: episodic model selection
+    valid = tuple(d for d in domains if md.num_classes(d, "valid", root) > 0)
     return ClassificationData(
         train={d: md.data_source(d, "train", root) for d in domains},
         test={},
         num_classes={d: md.num_classes(d, "train", root) for d in domains},
         image_shape=shape,
         fewshot={d: md.data_source(d, split, root) for d in fewshot},
-        fewshot_specs={d: md.split_spec(d, split, root) for d in fewshot})
+        fewshot_specs={d: md.split_spec(d, split, root) for d in fewshot},
+        val_fewshot={d: md.data_source(d, "valid", root) for d in valid},
+        val_fewshot_specs={d: md.split_spec(d, "valid", root) for d in valid})
 
 
 register("metadataset", _metadataset)

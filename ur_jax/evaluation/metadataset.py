@@ -71,6 +71,8 @@ __all__ = [
     "load_images",
     "log_progress",
     "summarize",
+    "training_sources",
+    "validation_accuracy",
 ]
 
 #: Few-shot classifiers.
@@ -94,6 +96,53 @@ def learning_rates(method: str, seen: bool) -> dict[str, float]:
     """The paper's inner-loop learning rates of ``method`` on a seen or unseen source."""
     _check_method(method)
     return dict(LEARNING_RATES[method]["seen" if seen else "unseen"])
+
+
+def training_sources(heads: Sequence[tuple[str, int]] | Mapping[str, int],
+                     name: str = "model") -> tuple[str, ...]:
+    """The Meta-Dataset sources a saved model was trained on, from its classifier heads.
+
+    PA and TSA use their "seen" learning rates (:func:`learning_rates`) only on the sources
+    the evaluated model was trained on, so an ImageNet-only model gets the unseen rates on
+    aircraft (VICO-UoE/URL's ``test_extractor_pa.py`` / ``test_extractor_tsa.py``, after the
+    authors' fix of their seen-source list). A ur_jax model has one head per training
+    domain, named after it (a teacher's is renamed to its source when saved;
+    ``python -m ur_jax.convert --domains`` names converted heads). A single head with
+    another name (a converted teacher's default ``'teacher'``) is the training source whose
+    official number of training classes (:data:`~ur_jax.data.metadataset.CLASS_SPLITS`)
+    equals the head's size: those counts are distinct.
+
+    Args:
+      heads: ``[(head name, classes), ...]`` (a model spec's ``num_classes``) or a mapping.
+      name: the model's name in error messages.
+
+    Returns:
+      The training sources, in head order.
+
+    Raises:
+      ValueError: a head that names no training source and cannot be identified; the
+        message says how to name the sources (``config.fewshot.checkpoint_seen``).
+    """
+    from ur_jax.data.metadataset.common import CLASS_SPLITS, TRAIN_SOURCES
+
+    pairs = list(heads.items()) if isinstance(heads, Mapping) else [tuple(h) for h in heads]
+    known = tuple(str(d) for d, _ in pairs if d in TRAIN_SOURCES)
+    unknown = [(str(d), int(n)) for d, n in pairs if d not in TRAIN_SOURCES]
+    if not unknown:
+        return known
+    if len(pairs) == 1:
+        by_count = [s for s in TRAIN_SOURCES if CLASS_SPLITS[s][0] == unknown[0][1]]
+        if len(by_count) == 1:
+            logging.info("[fewshot] %s: its one head %r has %d classes, the official training "
+                         "classes of %s: trained on %s.", name, unknown[0][0], unknown[0][1],
+                         by_count[0], by_count[0])
+            return tuple(by_count)
+    raise ValueError(
+        f"Cannot tell which Meta-Dataset sources {name!r} was trained on: its heads "
+        f"{[d for d, _ in unknown]} (classes {[n for _, n in unknown]}) name no training "
+        f"source of {list(TRAIN_SOURCES)}. Name them with "
+        f"--config.fewshot.checkpoint_seen.{name}=omniglot,aircraft (the sources that get the "
+        f"'seen' PA / TSA learning rates), or convert the model with --domains.")
 
 
 def _check_method(method: str) -> None:
@@ -410,6 +459,35 @@ def _beta_ncc_accuracy(s_feat, s_lab, q_feat, q_lab, beta, ways):
     valid = (q_lab >= 0) & (q_lab < ways)
     correct = (jnp.argmax(logits, -1) == q_lab) & valid
     return jnp.sum(correct) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def validation_accuracy(backbone: Any, variables: Mapping[str, Any], sources: Mapping[str, Any],
+                        episodes: Mapping[str, Sequence[Episode]], *, batch_size: int = 256,
+                        buckets: Sequence[int] = DEFAULT_BUCKETS, mesh: Any = None,
+                        normalize: Normalization | None = None) -> dict[str, float]:
+    """Mean NCC accuracy (%, float) on validation episodes, per source: the model-selection
+    score of VICO-UoE/URL (``train_net.py`` / ``train_net_mdl.py`` / ``train_net_url.py``:
+    every ``eval_freq`` steps, prototype (NCC, cosine x 10) accuracy of the backbone on
+    ``eval_size`` = 300 episodes of the validation classes of each training source; the model
+    with the best average over sources is kept).
+
+    Args:
+      backbone, variables: as :class:`EpisodeEvaluator` (inference mode).
+      sources: ``{source: random-access records}`` of the validation splits.
+      episodes: ``{source: episodes}`` indexing them (fixed by a seed, so that every
+        validation of a run, and of a resumed run, sees the same episodes).
+      batch_size, buckets, mesh, normalize: as :class:`EpisodeEvaluator`.
+
+    Returns:
+      ``{source: mean accuracy in [0, 100]}``, in the order of ``sources``.
+
+    Raises:
+      KeyError: a source without episodes.
+    """
+    evaluator = EpisodeEvaluator(backbone, variables, batch_size=batch_size, buckets=buckets,
+                                 mesh=mesh, normalize=normalize)
+    return {s: float(100.0 * np.mean(evaluator.evaluate(src, episodes[s], "ncc")))
+            for s, src in sources.items()}
 
 
 # ----------------------------------------------------------------------------- reporting
