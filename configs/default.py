@@ -34,19 +34,22 @@ validation accuracy % of the four domains, per seed, then mean +- sd over seeds:
     0.02     96.6 / 80.5 / 89.1     88.7 +- 8.1      95.8 / 97.1 / 89.4     94.1 +- 4.1
     0.04     95.3 / 75.5 / 60.3     77.0 +- 17.6     83.0 / 86.1 / 94.1     87.7 +- 5.7
 
-0.01 is the best of the grid for both, and is the default. What the numbers support: with
-each student tuned the same way, URL beats MDL on the training domains by about 3 points on
-validation (95.7 vs 92.3 over 3 seeds) and 7.6 on test (seed 0), and its features transfer
-better to held-out classes and an unseen domain (+2.5 points few-shot with NCC, +3.2 with
-PA); URL is also
-far less sensitive to the learning rate and the seed (MDL's best single run, 96.6 at 0.02,
-is above URL's mean). Earlier versions of this file reported a 26-point gap: MDL was then
-trained at 0.005 (its worst rate here) and BatchNorm used a one-pass variance that failed
-on mixed-domain batches. The teachers train alone on 2000 images and are unstable at this
-budget (glyphs 26% here; validation means 80.1 / 84.7 / 74.2 at lr 0.01 / 0.02 / 0.05,
-with single domains swinging by 20-50 points); their rate was not tuned. Numbers are bitwise
-reproducible on one machine (also across an interrupted and resumed run); other CPUs may
-differ slightly.
+0.01 is the best of the grid for both, and is the default. The whole job at seeds 0 / 1 / 2
+(test, teachers retrained per seed): mdl 86.4 / 86.1 / 94.7 (89.1 +- 4.9), url 94.0 / 95.1 /
+97.0 (95.4 +- 1.5); few-shot mean NCC mdl 78.6, url 82.3; PA mdl 78.9, url 82.8; teachers
+71.9 / 91.1 / 65.3. What the numbers support: with each student tuned the same way, URL
+beats MDL on the training domains by about 3 points on validation (95.7 vs 92.3 over 3
+seeds) and 6.3 on test (95.4 vs 89.1; ahead at every seed, by 2.3 to 9.0), and its features
+transfer better to held-out classes and an unseen domain (+2.5 points few-shot with NCC,
++3.2 with PA at seed 0; +3.8 and +4.0 over the seeds); URL is also far less sensitive to the
+learning rate and the seed (MDL's best single run, 96.6 at 0.02, is above URL's mean).
+Earlier versions of this file reported a 26-point gap: MDL was then trained at 0.005 (its
+worst rate here) and BatchNorm used a one-pass variance that loses precision
+(ur_jax.models.resnet.BatchNorm). The teachers train alone on 2000 images and are unstable
+at this budget (glyphs 26% here; validation means 80.1 / 84.7 / 74.2 at lr 0.01 / 0.02 /
+0.05, with single domains swinging by 20-50 points); their rate was not tuned. Numbers are
+bitwise reproducible on one machine (also across an interrupted and resumed run); other CPUs
+may differ slightly.
 
     python -m ur_jax.main --config configs/default.py:tune --workdir /tmp/tune/teachers \
         --config.stages=teachers
