@@ -12,8 +12,11 @@ Protocol: training losses and test metrics are those of the authors' DensePred c
 the paper's numbers were computed): mIoU from the confusion matrix of the whole test set;
 depth errors with the prediction clamped to >= 1e-9; normal pixels valid where the target's
 channels sum to non-zero, angle of the L2-normalised prediction against the raw target.
-GradDrop follows the GradDrop paper / LibMTL on the shared decoder feature (the authors'
-DensePred baseline masks the parameter gradients instead: --config.mtl.space=params); MGDA
+GradDrop follows the GradDrop paper / LibMTL on the shared decoder feature, as issue 14
+asks; note that the paper's GradDrop row below was computed by the authors' DensePred
+baseline (utils/graddrop.py), which masks the parameter gradients with eps 1e-8 and averages
+the masked task gradients: the closest here is --config.mtl.space=params
+--config.mtl.options.eps=1e-8 (which sums them; with Adam the scale hardly matters). MGDA
 solves its min-norm problem exactly.
 
 Run (one GPU; batch 2, 200 epochs, Adam 1e-4 halved after 100 epochs), reusing teachers
@@ -26,7 +29,7 @@ trained with nyuv2_stl.py (otherwise the run trains them first):
         --config.teachers.checkpoints.normal=runs/nyuv2_stl_normal/teachers/normal/model
 
 Method options: --config.mtl.options.c=0.4 (cagrad), .alpha=1.5 (gradnorm),
-.temperature=2.0 (dwa), .leak=0.0 (graddrop); --config.mtl.space=features|params chooses
+.temperature=2.0 (dwa), .leak=0.0 and .eps=1e-7 (graddrop); --config.mtl.space=features|params chooses
 where gradient methods combine the task gradients. bam takes no options.
 
 Expected (PAPER.md §1, Table 1; mIoU %, depth abs err, normal mean angle, Delta_MTL %):

@@ -412,6 +412,15 @@ def test_full_size_release_shapes_without_running():
     kernels = sum(x.size for p, x in leaves if jax.tree_util.keystr(p).endswith("['kernel']")
                   and "heads" not in jax.tree_util.keystr(p))
     assert len(convs) == 25 and kernels == sum(9 * a * b for a, b in convs) == 5_806_944
+    # The released URL student evaluates every 64 px crop at 72 x 72 (urltest, imagenet12
+    # trained): the converted spec resizes all domains but imagenet12; 0 turns it off.
+    assert spec["input_sizes"] == [[d, 72] for d in DOMAINS if d != "imagenet12"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Converting with end_relu")
+        native, _ = convert_resnet26.convert(sd, **URL_OPTS, student_input_size="0")
+    assert "input_sizes" not in native
+    with pytest.raises(ConversionError, match="student_input_size"):
+        convert_resnet26.convert(sd, **URL_OPTS, student_input_size="big")
     heads = variables["params"]["heads"]
     assert sum(h["kernel"].size + h["bias"].size for h in heads.values()) == 257 * sum(counts)
     np.testing.assert_array_equal(heads["vgg-flowers"]["kernel"], sd["cls_fn.6.weight"].T)

@@ -663,3 +663,24 @@ def test_combine_accepts_gradients_sharded_over_the_data_mesh(devices):
         ref, _, _ = _combine(m, jnp.asarray(g), jnp.ones(3), {}, m.init_state(3), _key())
         out, _, _ = _combine(m, sharded, jnp.ones(3), {}, m.init_state(3), _key())
         np.testing.assert_allclose(out, ref, rtol=rtol, atol=rtol * 0.1)
+
+
+def test_graddrop_eps_option_sets_the_purity_guard():
+    """eps is an option (the authors' DensePred graddrop.py uses 1e-8, LibMTL 1e-7): on
+    gradients of size 1e-8 it decides the keep probability, so the masks differ."""
+    rng = np.random.default_rng(5)
+    grads = (1e-8 * rng.standard_normal((2, 64))).astype(np.float32)
+    key = jax.random.key(3)
+    uniform = jax.random.uniform(key, (64,))
+    losses = jnp.ones((2,))
+    tight = mtl.get_method("graddrop", space="params", eps=1e-8)
+    combined, _, _ = tight.combine(grads, losses, {}, {}, key)
+    # NumPy, from the paper: P = 0.5 (1 + sum G / (sum |G| + eps)), keep where sign agrees.
+    p = 0.5 * (1 + grads.sum(0) / (np.abs(grads).sum(0) + 1e-8))
+    u = np.asarray(uniform)
+    mask = ((p > u) & (grads > 0)) | ((p < u) & (grads < 0))
+    np.testing.assert_allclose(np.asarray(combined), (grads * mask).sum(0), rtol=1e-5, atol=1e-14)
+    loose, _, _ = mtl.get_method("graddrop", space="params").combine(grads, losses, {}, {}, key)
+    assert not np.allclose(np.asarray(loose), np.asarray(combined), rtol=1e-3, atol=0)
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        mtl.get_method("graddrop", eps=-1.0)

@@ -959,13 +959,16 @@ class GradDrop(MTLMethod):
     baseline ``--weight gd`` does, averaging instead of summing the masked gradients). The
     uniform sample is ``jax.random.uniform(rng, (D,))``, one per feature. Combined gradient =
     sum of the masked task gradients. Options: ``leak`` (scalar or ``T`` values in [0, 1],
-    default 0), ``space``.
+    default 0), ``eps`` (the purity guard, default :data:`GRADDROP_EPS` = 1e-7 as LibMTL;
+    the authors' DensePred ``utils/graddrop.py`` uses 1e-8, which matters on parameter
+    gradients of that size), ``space``.
     """
 
     name: str = dataclasses.field(default="graddrop", init=False)
     uses_gradients: bool = dataclasses.field(default=True, init=False)
     space: str = "features"
     leak: float | tuple[float, ...] = 0.0
+    eps: float = GRADDROP_EPS
 
     def __post_init__(self) -> None:
         """Validate ``leak`` (stored as a float or a tuple of floats, hashable)."""
@@ -976,6 +979,9 @@ class GradDrop(MTLMethod):
                              f"[0, 1], got {self.leak!r}.")
         leak = float(values) if values.ndim == 0 else tuple(float(v) for v in values)
         object.__setattr__(self, "leak", leak)
+        if not float(self.eps) >= 0.0:
+            raise ValueError(f"graddrop eps must be >= 0; got {self.eps!r}.")
+        object.__setattr__(self, "eps", float(self.eps))
 
     def _check_leak(self, num_tasks: int) -> None:
         if isinstance(self.leak, tuple) and len(self.leak) != num_tasks:
@@ -990,7 +996,7 @@ class GradDrop(MTLMethod):
         grads = _as_grads(grads, t)
         self._check_leak(t)
         uniform = jax.random.uniform(_check_rng(rng, self.name), grads.shape[1:])
-        combined, weights = graddrop_combine(grads, uniform, self.leak)
+        combined, weights = graddrop_combine(grads, uniform, self.leak, eps=self.eps)
         return combined, {}, weights
 
     def combine_features(self, grads: ArrayLike, inputs: ArrayLike, losses: ArrayLike,
@@ -1008,7 +1014,8 @@ class GradDrop(MTLMethod):
                              f"tasks; got shape {tuple(grads.shape)}.")
         self._check_leak(t)
         uniform = jax.random.uniform(_check_rng(rng, self.name), grads.shape[2:])
-        combined, weights = graddrop_combine(grads, uniform, self.leak, inputs=inputs)
+        combined, weights = graddrop_combine(grads, uniform, self.leak, inputs=inputs,
+                                             eps=self.eps)
         return combined, {}, weights
 
 

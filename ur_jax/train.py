@@ -612,6 +612,11 @@ def _episodic_validation(config, model, data, names: Mapping[str, str], mesh
                                                 seed=_seed(config, 6, zlib.crc32(d.encode())))
                 for d in domains}
     sources = {d: data.val_fewshot[d] for d in domains}
+    normalize = {data.normalize(d) for d in domains}
+    if len(normalize) > 1:  # md_eval.validation_accuracy takes one normalisation
+        raise ValueError(f"Episodic model selection needs one image normalisation for all "
+                         f"training sources; {list(domains)} have {len(normalize)} different "
+                         f"ones. Set select_every=0 for this stage.")
     fs = config.get("fewshot") or {}
     buckets = tuple(fs.get("buckets") or ()) or None
 
@@ -620,7 +625,7 @@ def _episodic_validation(config, model, data, names: Mapping[str, str], mesh
         kwargs = {"buckets": buckets} if buckets else {}
         per_source = md_eval.validation_accuracy(
             model.backbone, backbone_vars, sources, episodes, batch_size=config.eval_batch_size,
-            mesh=mesh, normalize=data.normalize(domains[0]), **kwargs)
+            mesh=mesh, normalize=next(iter(normalize)), **kwargs)
         logging.info("NCC on %d validation episodes per source: %s", count,
                      ", ".join(f"{d} {a:.2f}%" for d, a in per_source.items()))
         return per_source

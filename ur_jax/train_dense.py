@@ -44,6 +44,7 @@ from jax.sharding import Mesh
 
 from ur_jax import (
     checkpointing,
+    dense_config,
     dense_steps,
     mtl,
     optim,
@@ -58,8 +59,8 @@ from ur_jax.evaluation import dense as dense_eval
 
 STAGES = ("stl", "mtl", "url")
 #: ``config.mtl.method`` values: the methods of :mod:`ur_jax.mtl` and BAM, which distils the
-#: single-task teachers (it needs the ``stl`` stage).
-MTL_STAGE_METHODS = (*mtl.METHODS, "bam")
+#: single-task teachers (it needs the ``stl`` stage). One list, kept in the config module.
+MTL_STAGE_METHODS = dense_config.MTL_STAGE_METHODS
 #: Output channels of each task's head (semantic: the dataset's class count).
 TASK_CHANNELS = {"depth": 1, "normal": 3}
 #: The metrics printed per task, in the NYU-v2 table's order.

@@ -139,6 +139,19 @@ def _as_width(value: Any) -> float | None:
                               f"{value!r}.") from None
 
 
+def _as_size(value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        size = int(str(value).strip())
+    except ValueError:
+        size = -1
+    if size < 0:
+        raise ConversionError(f"Option student_input_size= takes a side in pixels (72) or 0 "
+                              f"for none; found {value!r}.")
+    return size
+
+
 def _as_domains(value: Any) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -373,7 +386,8 @@ def _fold_series(w: np.ndarray | None, bn: tuple[dict[str, Any], dict[str, Any]]
 def convert(state_dict: Mapping[str, Any], domains: Sequence[str] | str | None = None,
             adapter: str | None = None, width: float | str | None = None, *,
             layout: str | None = None, per_domain: bool | str | None = None,
-            end_relu: bool | str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+            end_relu: bool | str | None = None, student_input_size: int | str | None = None
+            ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Converts a Decathlon ResNet-26 state dict to ``(spec, variables)`` of a
     :class:`~ur_jax.models.MultiHeadClassifier` over ``resnet26``.
 
@@ -390,6 +404,12 @@ def convert(state_dict: Mapping[str, Any], domains: Sequence[str] | str | None =
       end_relu: whether the converted network applies a ReLU after its final BatchNorm;
         default: as the released network (``'url'``: no, ``'rebuffi'``: yes). See the module
         docstring: ``False`` needs a ResNet26 with an ``end_relu`` attribute.
+      student_input_size: the side every domain but ``imagenet12`` is resized to before the
+        backbone (:attr:`~ur_jax.models.MultiHeadClassifier.input_sizes`); 0: none. Default:
+        72 for a multi-domain ``'url'`` model without adapters that has an ``imagenet12``
+        head (the released MDL / URL students: the authors' ``urltest`` / ``urltestset``
+        resize the 64 px crops to 72 x 72 when imagenet12 is trained), else 0 (their
+        parallel-adapter code does not resize, nor do single-domain teachers).
 
     Returns:
       ``(spec, variables)`` for :func:`ur_jax.checkpointing.save_model`: backbone kwargs
@@ -472,9 +492,16 @@ def convert(state_dict: Mapping[str, Any], domains: Sequence[str] | str | None =
     if not end_relu:  # only reached when ResNet26 has the attribute
         kwargs["end_relu"] = False
     classes = dict(zip(head_names, num_classes))
-    spec = checkpointing.model_spec(BACKBONE, kwargs, [(d, classes[d]) for d in ordered])
+    size = _as_size(student_input_size)
+    if size is None:
+        size = 72 if (layout == "url" and adapter == "none" and len(ordered) > 1
+                      and "imagenet12" in ordered) else 0
+    input_sizes = [(d, size) for d in ordered if d != "imagenet12"] if size else []
+    spec = checkpointing.model_spec(BACKBONE, kwargs, [(d, classes[d]) for d in ordered],
+                                    input_sizes=input_sizes)
     model = checkpointing.model_from_spec(spec)
-    shapes = target_shapes(model, {d: jnp.zeros(_PROBE, jnp.float32) for d in model.domains},
+    probe = (1, size, size, 3) if input_sizes else _PROBE  # every domain at one size
+    shapes = target_shapes(model, {d: jnp.zeros(probe, jnp.float32) for d in model.domains},
                            train=False)
 
     # Variables.

@@ -231,6 +231,8 @@ def holdout_split(source: Source, per_class: int, seed: int = 0) -> tuple[Subset
     For each label, ``per_class`` of its records (chosen with ``numpy.random.
     default_rng(seed)``) go to the validation part; the rest stay for training, in their
     original order. The same ``(source, per_class, seed)`` always gives the same split.
+    The labels are read record by record (each record is decoded once): cheap for the
+    embedded data, a full pass over a large source.
 
     Returns:
       ``(train, val)``: two :class:`Subset` of ``source`` that partition it.
