@@ -26,7 +26,7 @@ depth abs err) against this run's own STL row. Not yet run here (no GPU).
 
 from __future__ import annotations
 
-from ur_jax import dense_config
+from ur_jax.suites.dense import recipe as dense_config
 
 
 def get_config(arg: str | None = None):

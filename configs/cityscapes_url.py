@@ -19,7 +19,7 @@ run's own STL row, which URL should beat as on NYU-v2. Not yet run here (no GPU)
 
 from __future__ import annotations
 
-from ur_jax import dense_config
+from ur_jax.suites.dense import recipe as dense_config
 
 
 def get_config(arg: str | None = None):

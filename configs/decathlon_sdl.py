@@ -32,14 +32,14 @@ trained on) and <workdir>/predictions/teachers_test.json is the challenge's resu
 `:smoke` (or `:dtd,smoke`): a seconds-long run on a fake tree, for tests (train split only,
 with model selection):
 
-    python -m ur_jax.data.decathlon --fake /tmp/fake_decathlon
+    python -m ur_jax.suites.decathlon --fake /tmp/fake_decathlon
     python -m ur_jax.main --config configs/decathlon_sdl.py:smoke --workdir /tmp/dec_sdl \\
         --config.manual_dir=/tmp/fake_decathlon
 """
 
 from __future__ import annotations
 
-from ur_jax import decathlon_config
+from ur_jax.suites.decathlon import recipe as decathlon_config
 
 
 def get_config(arg: str | None = None):

@@ -31,7 +31,7 @@ model selection).
 
 from __future__ import annotations
 
-from ur_jax import decathlon_config
+from ur_jax.suites.decathlon import recipe as decathlon_config
 
 
 def get_config(arg: str | None = None):

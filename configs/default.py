@@ -1,6 +1,6 @@
 """The main job: teachers, the multi-domain baseline (MDL) and the URL student on the embedded data.
 
-Four small training domains built offline by ``ur_jax.data.embedded`` (real handwritten
+Four small training domains built offline by ``ur_jax.suites.embedded`` (real handwritten
 digits, drawn shapes, oriented textures, font glyphs under random affine maps; 10
 classes each, 32x32 RGB), one ResNet-18 teacher per domain (Meta-Dataset stem, 1/8 width), then MDL and
 URL with the same budget, then 5-way 5-shot episodes on held-out data (unseen letters

@@ -1,7 +1,7 @@
 """The offline dense default: single-task teachers, a uniform multi-task baseline and URL on
 procedurally rendered 3-D scenes.
 
-The data (``ur_jax.data.scenes``, built offline and deterministically in about 15 s) are
+The data (``ur_jax.suites.dense.scenes``, built offline and deterministically in about 15 s) are
 64x96 renderings of spheres, boxes and cylinders on a floor in front of a wall or open sky,
 with per-pixel class (5 classes; sky and no label = -1), metric depth (0 = invalid, with a
 few sensor holes) and camera-space surface normals: the NYU-v2 record format. The recipe is
@@ -40,7 +40,7 @@ Seconds-long version of the same pipeline (a two-level SegNet, 2 steps per stage
 
 from __future__ import annotations
 
-from ur_jax import dense_config
+from ur_jax.suites.dense import recipe as dense_config
 
 
 def get_config(arg: str | None = None):

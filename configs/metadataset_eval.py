@@ -29,12 +29,12 @@ Expected (PAPER.md §3, standard protocol): URL + PA 57.5 / 94.5 / 88.6 / 80.5 /
 Not yet reproduced here: no GPU run has been made.
 
 `:standard,smoke`: 4 episodes per source of a fake records directory
-(`python -m ur_jax.data.metadataset --fake DIR`), on a model saved by a smoke run.
+(`python -m ur_jax.suites.metadataset --fake DIR`), on a model saved by a smoke run.
 """
 
 from __future__ import annotations
 
-from ur_jax import metadataset_config
+from ur_jax.suites.metadataset import recipe as metadataset_config
 
 #: Row names a saved model can take on the command line (--config.fewshot.checkpoints.<name>).
 ROWS = ("model", "url", "mdl", "sdl")

@@ -23,13 +23,13 @@ reproduced here: no GPU run has been made.
 
 `:omniglot,smoke` (any training source with ilsvrc_2012 or omniglot for the fake data): a
 seconds-long run on a fake records directory
-(`python -m ur_jax.data.metadataset --fake DIR`, then `--config.metadataset.records_dir=DIR`).
+(`python -m ur_jax.suites.metadataset --fake DIR`, then `--config.metadataset.records_dir=DIR`).
 """
 
 from __future__ import annotations
 
-from ur_jax import metadataset_config
-from ur_jax.data.metadataset.common import TRAIN_SOURCES
+from ur_jax.suites.metadataset import recipe as metadataset_config
+from ur_jax.suites.metadataset.common import TRAIN_SOURCES
 
 
 def get_config(arg: str | None = None):

@@ -27,12 +27,12 @@ Fungi, Flwr, Traffic, COCO, MNIST, C10, C100); seen / unseen / all averages 80.0
 been made.
 
 `:smoke`: a seconds-long run on a fake records directory
-(`python -m ur_jax.data.metadataset --fake DIR`, then `--config.metadataset.records_dir=DIR`).
+(`python -m ur_jax.suites.metadataset --fake DIR`, then `--config.metadataset.records_dir=DIR`).
 """
 
 from __future__ import annotations
 
-from ur_jax import metadataset_config
+from ur_jax.suites.metadataset import recipe as metadataset_config
 
 
 def get_config(arg: str | None = None):

@@ -46,7 +46,7 @@ results.json gives Delta_MTL against the run's own STL row and against the paper
 
 from __future__ import annotations
 
-from ur_jax import dense_config
+from ur_jax.suites.dense import recipe as dense_config
 
 
 def get_config(arg: str | None = None):

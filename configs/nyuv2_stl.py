@@ -27,7 +27,7 @@ path on a tiny SegNet, used by the tests on fake data.
 
 from __future__ import annotations
 
-from ur_jax import dense_config
+from ur_jax.suites.dense import recipe as dense_config
 
 
 def get_config(arg: str | None = None):

@@ -29,7 +29,7 @@ lr 1e-1: --config.url.adapter_learning_rate=0.1.
 
 from __future__ import annotations
 
-from ur_jax import dense_config
+from ur_jax.suites.dense import recipe as dense_config
 
 
 def get_config(arg: str | None = None):

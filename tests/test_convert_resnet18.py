@@ -25,7 +25,7 @@ from ur_jax import convert as convert_lib
 from ur_jax.convert import resnet18 as conv18
 from ur_jax.convert.common import ConversionError
 from ur_jax.data.episodes import Episode
-from ur_jax.data.metadataset.common import CLASS_SPLITS, TRAIN_SOURCES
+from ur_jax.suites.metadataset.common import CLASS_SPLITS, TRAIN_SOURCES
 from ur_jax.evaluation import metadataset as md_eval
 
 ARCH = "resnet18_metadataset"

@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from ur_jax import checkpointing
 from ur_jax.convert import ConversionError, convert, convert_file, load, main
 from ur_jax.convert import resnet26 as convert_resnet26
-from ur_jax.data.decathlon import NUM_CLASSES
+from ur_jax.suites.decathlon import NUM_CLASSES
 from ur_jax.models import ResNet26
 
 HAS_END_RELU = "end_relu" in {f.name for f in dataclasses.fields(ResNet26)}
@@ -398,7 +398,7 @@ def test_full_size_release_shapes_without_running():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Converting with end_relu")
         spec, variables = convert_resnet26.convert(sd, **URL_OPTS)
-    from ur_jax.data.decathlon import DOMAINS
+    from ur_jax.suites.decathlon import DOMAINS
 
     assert spec["backbone_kwargs"] == {"width": 1.0, **({"end_relu": False} if HAS_END_RELU
                                                         else {})}

@@ -1,4 +1,4 @@
-"""Tests for ur_jax.data.decathlon: the Visual Decathlon tree -> TFDS builder, preprocessing,
+"""Tests for ur_jax.suites.decathlon: the Visual Decathlon tree -> TFDS builder, preprocessing,
 the challenge's results file and the mapping of TFDS's own visual_domain_decathlon records.
 
 A fake ``decathlon-1.0/`` tree (omniglot in grayscale, aircraft with its square resize,
@@ -16,10 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from PIL import Image
 
-from ur_jax.data import decathlon as dec
 from ur_jax.data import pipeline
+from ur_jax.suites import decathlon as dec
+from ur_jax.suites.decathlon import from_tfds
+from ur_jax.suites.decathlon.fake import write_fake_decathlon
 
 DOMAINS = ("omniglot", "aircraft", "imagenet12")
 N_CLS, PER_CLASS, N_TEST = 5, (3, 2), 4
@@ -28,8 +31,8 @@ N_CLS, PER_CLASS, N_TEST = 5, (3, 2), 4
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("fake_decathlon")
-    return Path(dec.write_fake_decathlon(root, DOMAINS, per_class=PER_CLASS,
-                                         test_per_domain=N_TEST, seed=3))
+    return Path(write_fake_decathlon(root, DOMAINS, per_class=PER_CLASS,
+                                     test_per_domain=N_TEST, seed=3))
 
 
 @pytest.fixture(scope="module")
@@ -144,9 +147,9 @@ def test_split_sizes_and_labels(tree: Path, data_dir: Path):
 
 
 def test_test_labels_from_user_file(tmp_path: Path):
-    root = Path(dec.write_fake_decathlon(tmp_path / "src", ["dtd"], classes={"dtd": 3},
-                                         per_class=(1, 1), test_per_domain=5,
-                                         test_labels=True))
+    root = Path(write_fake_decathlon(tmp_path / "src", ["dtd"], classes={"dtd": 3},
+                                     per_class=(1, 1), test_per_domain=5,
+                                     test_labels=True))
     out = tmp_path / "tfds"
     dec.prepare(root, out, ["dtd"])  # root is decathlon-1.0/ itself
     assert dec.metadata("dtd", out)["test_labels"] is True
@@ -201,8 +204,8 @@ def test_prepare_is_idempotent_and_reads_without_manual_dir(data_dir: Path):
 
 
 def test_file_names_without_data_prefix(tmp_path: Path):
-    root = Path(dec.write_fake_decathlon(tmp_path / "src", ["svhn"], classes={"svhn": 2},
-                                         per_class=(1, 1), test_per_domain=1))
+    root = Path(write_fake_decathlon(tmp_path / "src", ["svhn"], classes={"svhn": 2},
+                                     per_class=(1, 1), test_per_domain=1))
     for p in (root / "annotations").glob("svhn_*.json"):
         data = json.loads(p.read_text())
         for im in data["images"]:
@@ -225,8 +228,8 @@ def _assert_layout_message(err: pytest.ExceptionInfo) -> None:
 
 @pytest.fixture
 def small_tree(tmp_path: Path) -> Path:
-    return Path(dec.write_fake_decathlon(tmp_path / "src", ["gtsrb"], classes={"gtsrb": 2},
-                                         per_class=(1, 1), test_per_domain=1))
+    return Path(write_fake_decathlon(tmp_path / "src", ["gtsrb"], classes={"gtsrb": 2},
+                                     per_class=(1, 1), test_per_domain=1))
 
 
 def _not_built(out: Path) -> bool:
@@ -450,22 +453,22 @@ def test_tfds_record_mapping(tree: Path, tmp_path: Path):
     reordered.mkdir()
     data = dict(train, categories=train["categories"][::-1])
     (reordered / "aircraft_train.json").write_text(json.dumps(data))
-    ids, label_map = dec._tfds_maps(reordered, "aircraft", "train")
+    ids, label_map = from_tfds._tfds_maps(reordered, "aircraft", "train")
     first = train["images"][0]
     name = first["file_name"].removeprefix("data/")  # TFDS's 'name'
     assert ids[name] == first["id"]
     assert label_map == {i: N_CLS - 1 - i for i in range(N_CLS)}
     image = dec.decode((tree / first["file_name"]).read_bytes())
     rec = {"name": name.encode(), "image": image, "label": np.int64(N_CLS - 1)}
-    out = dec._from_tfds_record(rec, ids, label_map)
+    out = from_tfds._from_tfds_record(rec, ids, label_map)
     assert out["image_id"] == first["id"] and out["label"] == 0
     np.testing.assert_array_equal(out["image"], image)
     # Without annotations: TFDS's label, image id unknown; test labels stay -1.
-    out = dec._from_tfds_record({"name": name, "image": image, "label": 2})
+    out = from_tfds._from_tfds_record({"name": name, "image": image, "label": 2})
     assert out["label"] == 2 and out["image_id"] == -1
-    test_ids, _ = dec._tfds_maps(ann_dir, "aircraft", "test")
+    test_ids, _ = from_tfds._tfds_maps(ann_dir, "aircraft", "test")
     test = _ann(tree, "aircraft", "test_stripped")["images"][0]
-    out = dec._from_tfds_record(
+    out = from_tfds._from_tfds_record(
         {"name": test["file_name"].removeprefix("data/"), "image": image, "label": -1},
         test_ids, label_map)
     assert out == {"image": out["image"], "label": -1, "image_id": test["id"]}
@@ -497,7 +500,7 @@ def test_tfds_source_with_a_stand_in_builder(tree: Path, tmp_path: Path, monkeyp
         asked["name"] = name
         return StandIn()
 
-    monkeypatch.setattr(dec.tfds, "builder", fake_builder)
+    monkeypatch.setattr(tfds, "builder", fake_builder)
     # Where TFDS extracts the devkit: <data_dir>/downloads/extracted/<archive>/decathlon-1.0/.
     devkit = tmp_path / "downloads" / "extracted" / "TAR_GZ.devkit" / "decathlon-1.0"
     shutil.copytree(tree / "annotations", devkit / "annotations")

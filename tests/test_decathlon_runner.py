@@ -10,10 +10,24 @@ import numpy as np
 import optax
 import pytest
 
-from ur_jax import checkpointing, decathlon_config, train
+from ur_jax import checkpointing
 from ur_jax.configs import load_config
-from ur_jax.data import decathlon
+from ur_jax.suites import decathlon
+from ur_jax.suites.decathlon import recipe as decathlon_config
+from ur_jax.suites.decathlon.fake import write_fake_decathlon
 from ur_jax.evaluation import decathlon_score, delta_mdl
+from ur_jax import run as run_lib
+from ur_jax import optim
+from ur_jax.stages import common, supervised, distill
+from ur_jax.run import tables
+
+# One compiled-function cache for this module's runs: equal models share their compiled steps.
+_CACHE = run_lib.CompiledCache()
+
+
+def _run_config(config, workdir, **kwargs):
+    return run_lib.run(config, workdir, cache=_CACHE, **kwargs)
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,16 +45,16 @@ def tree(tmp_path_factory):
     domains = ("imagenet12", "aircraft", "dtd")
     stripped = str(base / "stripped")
     labelled = str(base / "labelled")
-    decathlon.write_fake_decathlon(stripped, domains=domains)
-    decathlon.write_fake_decathlon(labelled, domains=domains, test_labels=True)
+    write_fake_decathlon(stripped, domains=domains)
+    write_fake_decathlon(labelled, domains=domains, test_labels=True)
     return {"stripped": (stripped, str(base / "data_stripped")),
             "labelled": (labelled, str(base / "data_labelled"))}
 
 
-def _run(name, arg, tree, workdir, which="stripped", **overrides):
+def _run(name, arg, tree, workdir, which="stripped", step_hooks=(), **overrides):
     manual, data = tree[which]
     config = _config(name, arg, manual_dir=manual, data_dir=data, **overrides)
-    return config, train.run(config, str(workdir))
+    return config, _run_config(config, str(workdir), step_hooks=step_hooks)
 
 
 def _check_scores(results, config):
@@ -111,12 +125,8 @@ def test_labelled_test_split_is_scored_and_resume_with_selection_is_exact(tree, 
         if stage == "mdl" and step == 2:
             raise Killed
 
-    train.step_callbacks.append(kill)
-    try:
-        with pytest.raises(Killed):
-            _run("decathlon_mdl.py", "smoke", tree, tmp_path / "resumed", "labelled")
-    finally:
-        train.step_callbacks.remove(kill)
+    with pytest.raises(Killed):
+        _run("decathlon_mdl.py", "smoke", tree, tmp_path / "resumed", "labelled", step_hooks=(kill,))
     with open(tmp_path / "resumed" / "selection" / "mdl" / "best.json") as f:
         best = json.load(f)
     assert best["step"] == 2  # selected before the kill
@@ -127,26 +137,26 @@ def test_labelled_test_split_is_scored_and_resume_with_selection_is_exact(tree, 
 
 def test_step_schedule_matches_the_recipe():
     """x0.1 at epochs 80 and 100 of 120 (100 iterations each)."""
-    sched = train.learning_rate_schedule(0.01, 12000, 0, "step", (80 / 120, 100 / 120), 0.1)
+    sched = optim.learning_rate_schedule(0.01, 12000, 0, "step", (80 / 120, 100 / 120), 0.1)
     for step, want in ((0, 0.01), (7999, 0.01), (8000, 1e-3), (9999, 1e-3), (10000, 1e-4),
                        (11999, 1e-4)):
         assert float(sched(step)) == pytest.approx(want, rel=1e-6)
-    warm = train.learning_rate_schedule(0.1, 100, 10, "step", (0.5,), 0.1)
+    warm = optim.learning_rate_schedule(0.1, 100, 10, "step", (0.5,), 0.1)
     assert float(warm(0)) == pytest.approx(0.01) and float(warm(9)) == pytest.approx(0.1)
     assert float(warm(50)) == pytest.approx(0.01)
-    cos = train.learning_rate_schedule(0.1, 100, 0, "cosine")
+    cos = optim.learning_rate_schedule(0.1, 100, 0, "cosine")
     assert float(cos(50)) == pytest.approx(float(optax.cosine_decay_schedule(0.1, 100)(50)))
     with pytest.raises(ValueError, match="fractions"):
-        train.learning_rate_schedule(0.1, 100, 0, "step", (80.0,))
+        optim.learning_rate_schedule(0.1, 100, 0, "step", (80.0,))
 
 
 def test_recipe_matches_paper():
     c = decathlon_config.base(("teachers", "url"))
     assert c.url.steps == 12000 and c.url.temperature == 8.0
-    assert train.batch_size(c.url, "imagenet12") == 512 and train.batch_size(c.url, "dtd") == 128
+    assert common.batch_size(c.url, "imagenet12") == 512 and common.batch_size(c.url, "dtd") == 128
     assert dict(c.url.lambda_f) == {"imagenet12": 10.0, "daimlerpedcls": 0.1, "default": 1.0}
-    assert train.stage_value(c.teachers, "learning_rate", "imagenet12") == 0.1
-    assert train.stage_value(c.teachers, "weight_decay", "dtd") == 5e-4
+    assert common.stage_value(c.teachers, "learning_rate", "imagenet12") == 0.1
+    assert common.stage_value(c.teachers, "weight_decay", "dtd") == 5e-4
     assert c.select_every % c.checkpoint_every == 0
     assert set(c.domains) == set(decathlon.DOMAINS)
 
@@ -160,17 +170,17 @@ def test_bad_configs_are_refused(tree, tmp_path):
                              ({"score": "other"}, "score")):
         config = _config("decathlon_url.py", manual_dir=manual, data_dir=data, **overrides)
         with pytest.raises(ValueError, match=match):
-            train.run(config, str(tmp_path / "w"))
+            _run_config(config, str(tmp_path / "w"))
     with pytest.raises(ValueError, match="takes"):
         _config("decathlon_mdl.py", "bogus")
     config = _config("decathlon_url.py", manual_dir=str(tmp_path / "nothing"),
                      data_dir=str(tmp_path / "empty"))
     with pytest.raises(decathlon.DecathlonDataError, match="decathlon-1.0"):
-        train.run(config, str(tmp_path / "w2"))
+        _run_config(config, str(tmp_path / "w2"))
 
 
 def test_cli_writes_a_fake_tree(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "ur_jax.data.decathlon", "--fake", str(tmp_path),
+    proc = subprocess.run([sys.executable, "-m", "ur_jax.suites.decathlon", "--fake", str(tmp_path),
                            "--domains", "dtd"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -218,7 +228,7 @@ def test_train_plus_val_trains_on_both_splits_and_keeps_the_last_model(tree, tmp
         src = data.train[d]
         assert len(src) == len(want) == 5 * (3 + 2)  # fake tree: 5 classes, 3 train + 2 val
         assert {int(src[i]["image_id"]): int(src[i]["label"]) for i in range(len(src))} == want
-    results = train.run(config, str(tmp_path))
+    results = _run_config(config, str(tmp_path))
     assert results["evaluated_on"] == "test"
     assert not os.path.exists(tmp_path / "selection")  # no model selection: the last model
     for row in ("teachers", "mdl"):
@@ -226,7 +236,7 @@ def test_train_plus_val_trains_on_both_splits_and_keeps_the_last_model(tree, tmp
             assert 0 <= results[row][d]["accuracy"] <= 100
     _check_scores(results, config)
     # without test labels the validation numbers are flagged as seen in training
-    assert "trained on: train_split=train+val" in train.format_table(
+    assert "trained on: train_split=train+val" in tables.classification_table(
         {**results, "evaluated_on": "val"})
     with pytest.raises(ValueError, match="train_split"):
         registry.load_classification(_config("decathlon_mdl.py", manual_dir=manual,
@@ -254,8 +264,8 @@ def test_url_student_sees_72_px_crops_and_teachers_their_native_64(tree):
     for d in config.domains:
         assert data.normalize(d) == decathlon.normalization(d)  # published, not estimated
     assert data.normalize("aircraft").mean == (0.47983041, 0.51074066, 0.53437998)
-    assert train.student_input_sizes(config, data) == {"aircraft": 72}
-    student = train._student(config, data)
+    assert supervised.student_input_sizes(config, data) == {"aircraft": 72}
+    student = supervised.student(config, data)
     assert tuple(student.input_sizes) == (("aircraft", 72),)
     batch = next(iter(pipeline.train_batches(
         {d: data.train[d] for d in config.domains}, {d: 8 for d in config.domains}, seed=0,
@@ -273,7 +283,7 @@ def test_url_student_sees_72_px_crops_and_teachers_their_native_64(tree):
     def url_step(batch):  # teachers, student and adapters set up as train_url does
         teachers = {}
         for i, d in enumerate(config.domains):
-            model = checkpointing.model_from_spec(train._spec(config, {d: data.num_classes[d]}))
+            model = checkpointing.model_from_spec(common.classifier_spec(config, {d: data.num_classes[d]}))
             assert not model.input_sizes
             teachers[d] = (model, model.init(jax.random.key(i), {d: batch[d]["image"]}))
         bank, teacher_vars = stack_teachers(teachers, {d: (8,) + data.shape(d)
@@ -281,7 +291,7 @@ def test_url_student_sees_72_px_crops_and_teachers_their_native_64(tree):
         adapters = AlignmentAdapters(tuple((d, 16) for d in config.domains), kind="linear")
         state = steps.init_distill_state(student, adapters, jax.random.key(0), images,
                                          optax.sgd(0.01), optim.adam(1e-3))
-        step = steps.make_distill_step(student, adapters, bank, train._distill_config(
+        step = steps.make_distill_step(student, adapters, bank, distill.distill_config(
             config, config.domains), num_shards=1)
         seen["student"].clear()  # the step's calls, not init's
         seen["teacher"].clear()
@@ -317,8 +327,8 @@ def test_url_student_sees_72_px_crops_and_teachers_their_native_64(tree):
     np.testing.assert_allclose(np.asarray(received["aircraft"]), want, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(received["imagenet12"]), images["imagenet12"])
     # the saved student keeps the resize (evaluation sees 72 px too); off with size 0
-    spec = train._student_spec(config, data)
+    spec = supervised.student_spec(config, data)
     assert spec["input_sizes"] == [["aircraft", 72]]
     assert checkpointing.model_from_spec(spec).input_sizes == (("aircraft", 72),)
     config.model.student_input_size = 0
-    assert "input_sizes" not in train._student_spec(config, data)
+    assert "input_sizes" not in supervised.student_spec(config, data)

@@ -1,4 +1,4 @@
-"""Tests for ur_jax.data.dense: MTAN trees -> TFDS builders, augmentation, grain pipelines.
+"""Tests for ur_jax.suites.dense: MTAN trees -> TFDS builders, augmentation, grain pipelines.
 
 Fake MTAN trees (16x24, a handful of examples) are written once per module in the real
 on-disk format and built once; the resize functions are checked against loop references
@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ur_jax.data import dense as D
+from ur_jax.suites import dense as D
+from ur_jax.suites.dense.fake import write_fake_mtan
 
 H, W = 16, 24
 N_TRAIN = {"nyuv2": 5, "cityscapes": 4}
@@ -31,11 +32,11 @@ def trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("mtan")
     return {
         # float64 on disk like MTAN's NYU-v2; Cityscapes as float32 to cover both dtypes.
-        "nyuv2": D.write_fake_mtan(root / "nyuv2", "nyuv2", N_TRAIN["nyuv2"], N_TEST,
-                                   (H, W), seed=1),
-        "cityscapes": D.write_fake_mtan(root / "cityscapes", "cityscapes",
-                                        N_TRAIN["cityscapes"], N_TEST, (H, W), seed=2,
-                                        dtype=np.float32),
+        "nyuv2": write_fake_mtan(root / "nyuv2", "nyuv2", N_TRAIN["nyuv2"], N_TEST,
+                                 (H, W), seed=1),
+        "cityscapes": write_fake_mtan(root / "cityscapes", "cityscapes",
+                                      N_TRAIN["cityscapes"], N_TEST, (H, W), seed=2,
+                                      dtype=np.float32),
     }
 
 

@@ -3,7 +3,7 @@ on-disk format (NYU-v2, Cityscapes) and on the tiny procedural scenes, exact res
 stateful multi-task method, and the user-facing errors.
 
 Runs are in-process over the 8 fake devices and share compiled steps through
-ur_jax.train_dense's caches; one run goes through the command line.
+one CompiledCache (run(..., cache=...)); one run goes through the command line.
 """
 
 from __future__ import annotations
@@ -16,10 +16,21 @@ import sys
 import numpy as np
 import pytest
 
-from ur_jax import checkpointing, train, train_dense
+from ur_jax import checkpointing
 from ur_jax.configs import load_config
-from ur_jax.data import dense as dense_data
+from ur_jax.suites import dense as dense_data
+from ur_jax.suites.dense.fake import write_fake_mtan
 from ur_jax.evaluation import dense as dense_eval
+from ur_jax import run as run_lib
+from ur_jax.run import tables
+
+# One compiled-function cache for this module's runs: equal models share their compiled steps.
+_CACHE = run_lib.CompiledCache()
+
+
+def _run(config, workdir, **kwargs):
+    return run_lib.run(config, workdir, cache=_CACHE, **kwargs)
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (16, 32)  # the smoke SegNet has two levels: sides must be multiples of 4
@@ -31,7 +42,7 @@ def dirs(tmp_path_factory):
     base = tmp_path_factory.mktemp("dense")
     out = {"data_dir": str(base / "tfds")}
     for name, dataset in (("nyuv2", "nyuv2"), ("cityscapes", "cityscapes7")):
-        out[name] = str(dense_data.write_fake_mtan(base / name, dataset, 16, 8, shape=SHAPE))
+        out[name] = str(write_fake_mtan(base / name, dataset, 16, 8, shape=SHAPE))
     return out
 
 
@@ -45,7 +56,7 @@ def _config(name: str, arg: str, dirs, **overrides):
 
 def _check_metrics(per_task, tasks):
     for t in tasks:
-        assert set(per_task[t]) >= {k for k, _ in train_dense.TABLE_METRICS[t]}, per_task[t]
+        assert set(per_task[t]) >= {k for k, _ in tables.TABLE_METRICS[t]}, per_task[t]
         assert all(np.isfinite(v) for v in per_task[t].values()), per_task[t]
 
 
@@ -62,7 +73,7 @@ def _check_metrics(per_task, tasks):
 def test_every_dense_config_runs(dirs, tmp_path, capsys, name, arg, stages):
     config = _config(name, arg, dirs)
     assert tuple(config.stages) == stages
-    results = train_dense.run(config, str(tmp_path))
+    results = _run(config, str(tmp_path))
     tasks = tuple(config.tasks)
     assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(results))
     for stage in stages:
@@ -107,13 +118,9 @@ def test_cli_and_resume_of_a_stateful_method(dirs, tmp_path):
         if stage == "mtl" and step == 1:
             raise Interrupt
 
-    train.step_callbacks.append(stop)
-    try:
-        with pytest.raises(Interrupt):
-            train_dense.run(config, workdir)
-    finally:
-        train.step_callbacks.remove(stop)
-    resumed = train_dense.run(config, workdir)
+    with pytest.raises(Interrupt):
+        _run(config, workdir, step_hooks=(stop,))
+    resumed = _run(config, workdir)
     assert resumed["mtl"] == reference["mtl"]
     assert "reference" in resumed["mtl"]["delta_mtl"]
 
@@ -123,38 +130,39 @@ def test_errors_are_clear(dirs, tmp_path):
     config = _config("nyuv2_stl", "semantic,smoke", dirs, manual_dir=str(tmp_path / "nowhere"),
                      data_dir=str(tmp_path / "fresh"))
     with pytest.raises(dense_data.DenseDataError, match="(?s)does not exist.*image/0.npy.*mtan"):
-        train_dense.run(config, str(tmp_path / "a"))
+        _run(config, str(tmp_path / "a"))
     # Cityscapes has no normals.
     config = _config("cityscapes_stl", "semantic,smoke", dirs, tasks=("semantic", "normal"))
     config.teachers.checkpoints = {"semantic": "", "normal": ""}
     with pytest.raises(ValueError, match="no \\['normal'\\] targets"):
-        train_dense.run(config, str(tmp_path / "b"))
+        _run(config, str(tmp_path / "b"))
     # URL without the teachers' stage; an unknown method; a bad config argument.
     with pytest.raises(ValueError, match="needs stage 'stl'"):
-        train_dense.run(_config("nyuv2_url", "smoke", dirs, stages=("url",)), str(tmp_path / "c"))
+        _run(_config("nyuv2_url", "smoke", dirs, stages=("url",)), str(tmp_path / "c"))
     with pytest.raises(ValueError, match="Unknown multi-task method"):
-        train_dense.run(_config("nyuv2_mtl", "smoke", dirs, **{"mtl.method": "magic"}),
+        _run(_config("nyuv2_mtl", "smoke", dirs, **{"mtl.method": "magic"}),
                         str(tmp_path / "d"))
     with pytest.raises(ValueError, match="takes one of"):
         _config("nyuv2_mtl", "magic", dirs)
     with pytest.raises(ValueError, match="'bam' needs stage 'stl'"):
-        train_dense.run(_config("nyuv2_mtl", "bam,smoke", dirs, stages=("mtl",)),
+        _run(_config("nyuv2_mtl", "bam,smoke", dirs, stages=("mtl",)),
                         str(tmp_path / "g"))
     with pytest.raises(ValueError, match="'bam' takes no options"):
-        train_dense.run(_config("nyuv2_mtl", "bam,smoke", dirs, **{"mtl.options": {"c": 0.4}}),
+        _run(_config("nyuv2_mtl", "bam,smoke", dirs, **{"mtl.options": {"c": 0.4}}),
                         str(tmp_path / "h"))
     # A teacher of the wrong task is refused before training.
     config = _config("nyuv2_stl", "depth,smoke", dirs)
-    train_dense.run(config, str(tmp_path / "e"))
+    _run(config, str(tmp_path / "e"))
     wrong = _config("nyuv2_url", "smoke", dirs)
     wrong.teachers.checkpoints.semantic = str(tmp_path / "e" / "teachers" / "depth" / "model")
     with pytest.raises(ValueError, match="does not match"):
-        train_dense.run(wrong, str(tmp_path / "f"))
+        _run(wrong, str(tmp_path / "f"))
 
 
 def test_config_method_list_matches_the_library():
-    from ur_jax import dense_config, mtl
+    from ur_jax import mtl
+    from ur_jax.suites.dense import recipe as dense_config
 
     assert dense_config.MTL_METHODS == mtl.METHODS
-    assert dense_config.MTL_STAGE_METHODS == train_dense.MTL_STAGE_METHODS == (*mtl.METHODS,
+    assert dense_config.MTL_STAGE_METHODS == (*mtl.METHODS,
                                                                                  "bam")

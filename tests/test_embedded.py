@@ -1,4 +1,4 @@
-"""Tests for the embedded default dataset (ur_jax.data.embedded).
+"""Tests for the embedded default dataset (ur_jax.suites.embedded).
 
 All six configs are built once per module (a few seconds); a second build runs in
 a subprocess with a different ``PYTHONHASHSEED`` to check determinism.
@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ur_jax.data import embedded as E
+from ur_jax.suites import embedded as E
+from ur_jax.suites.embedded import domains as E_domains
 
 Arrays = dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]
 _LUMA = np.array([0.299, 0.587, 0.114])
@@ -101,7 +102,7 @@ def test_constants() -> None:
 
 @pytest.mark.parametrize("domain", E.ALL_DOMAINS)
 def test_sizes_shapes_balance(domain: str, built_dir: str, arrays: Arrays) -> None:
-    builder = E._builder(domain, built_dir)
+    builder = E.tfds_builder(domain, built_dir)
     label = builder.info.features["label"]
     assert label.num_classes == E.NUM_CLASSES[domain]
     assert tuple(label.names) == E.CLASS_NAMES[domain]
@@ -128,7 +129,7 @@ def test_second_build_is_identical(arrays: Arrays, tmp_path: Path) -> None:
     other = tmp_path / "ur_embedded_b"
     env = dict(os.environ, PYTHONHASHSEED="12345")
     subprocess.run([sys.executable, "-c",
-                    f"from ur_jax.data import embedded; embedded.prepare({str(other)!r})"],
+                    f"from ur_jax.suites import embedded; embedded.prepare({str(other)!r})"],
                    check=True, env=env, cwd=Path(__file__).parent.parent)
     again = _read(str(other))
     for key, (images, labels) in arrays.items():
@@ -147,8 +148,8 @@ def test_train_and_test_share_no_image(domain: str, arrays: Arrays) -> None:
 
 
 def test_digit_sources_are_disjoint() -> None:
-    _, targets = E._load_digits()
-    train, test = E._digit_sources("train"), E._digit_sources("test")
+    _, targets = E_domains._load_digits()
+    train, test = E_domains._digit_sources("train"), E_domains._digit_sources("test")
     for c in range(10):
         assert not set(train[c]) & set(test[c])
         assert len(train[c]) + len(test[c]) == int((targets == c).sum())
@@ -158,7 +159,7 @@ def test_digit_sources_are_disjoint() -> None:
 def test_digits_are_real(arrays: Arrays) -> None:
     # Centroids from the vendored 8x8 CSV alone (no fitting on rendered images)
     # classify the rendered test digits, pooled back to 8x8, far above chance.
-    pixels, targets = E._load_digits()
+    pixels, targets = E_domains._load_digits()
     assert pixels.shape == (1797, 8, 8) and np.bincount(targets).min() >= 170
     cent = np.stack([pixels[targets == c].mean(0) for c in range(10)]).reshape(10, -1)
     images, labels = arrays["digits", "test"]
@@ -208,10 +209,10 @@ def test_classes_are_learnable(domain: str, arrays: Arrays) -> None:
 
 
 @pytest.mark.parametrize("chars", [
-    [ch for _, ch in E._SYMBOLS], list(E._GLYPHS + E._GLYPHS_NOVEL)])
+    [ch for _, ch in E_domains._SYMBOLS], list(E_domains._GLYPHS + E_domains._GLYPHS_NOVEL)])
 def test_font_has_every_character(chars: list[str]) -> None:
     # A character missing from the font renders as the same '.notdef' box.
-    masks = [np.asarray(E._char_mask(ch), dtype=np.float64) / 255 for ch in chars]
+    masks = [np.asarray(E_domains._char_mask(ch), dtype=np.float64) / 255 for ch in chars]
     for i in range(len(chars)):
         assert masks[i].sum() > 20, f"{chars[i]!r} renders empty"
         for j in range(i):

@@ -25,7 +25,7 @@ from ur_jax.data.episodes import (
     support_set_size,
     support_sizes,
 )
-from ur_jax.data.metadataset.common import MetaDatasetError
+from ur_jax.suites.metadataset.common import MetaDatasetError
 
 LOG_HALF, LOG_TWO = math.log(0.5), math.log(2.0)
 

@@ -250,6 +250,9 @@ def test_chunking_matches_direct_computation(method):
             s, q = pa_transform(s, w), pa_transform(q, w)
         pred = np.argmax(ncc_logits(s, ep.support_labels[i], q, WAYS), axis=1)
         direct.append(np.mean(pred == ep.query_labels[i]))
+    rates = {"beta": 1.0} if method == "pa" else {}  # the rates by name: the same numbers
+    np.testing.assert_array_equal(evaluate_episodes(x, ep, chunk=3, method=method,
+                                                    learning_rate=rates), by3)
     assert by3.shape == (7,) and by3.dtype == np.float32
     assert 0.2 < by3.mean() < 1.0  # a non-trivial case
     np.testing.assert_allclose(by3, by1, atol=1e-6)
@@ -277,6 +280,8 @@ def test_evaluate_errors():
     ep = sample_episodes(labels, 2, WAYS, SHOTS, QUERIES, seed=0)
     with pytest.raises(ValueError, match="method must be one of"):
         evaluate_episodes(x, ep, "knn")
+    with pytest.raises(ValueError, match=r"'pa' has the learning rates \['beta'\]"):
+        evaluate_episodes(x, ep, "pa", learning_rate={"alpha": 1.0})
     with pytest.raises(ValueError, match=r"indices must lie in \[0, 50\)"):
         evaluate_episodes(x[:50], ep)
     with pytest.raises(ValueError, match="chunk must be a positive integer"):

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ur_jax.data.metadataset import builder, records
-from ur_jax.data.metadataset.common import SPLITS, MetaDatasetError, split_class_range
+from ur_jax.suites.metadataset import builder, records, tfrecord
+from ur_jax.suites.metadataset.fake import write_fake_records
+from ur_jax.suites.metadataset.common import SPLITS, MetaDatasetError, split_class_range
 
 FAKE_SOURCES = ("ilsvrc_2012", "omniglot", "traffic_sign")
 
@@ -23,7 +24,7 @@ FAKE_SOURCES = ("ilsvrc_2012", "omniglot", "traffic_sign")
 def fake(tmp_path_factory):
     """One fake records tree (ImageNet, Omniglot, Traffic Sign), prepared once."""
     root = tmp_path_factory.mktemp("metadataset")
-    records_dir = records.write_fake_records(root / "records", sources=FAKE_SOURCES)
+    records_dir = write_fake_records(root / "records", sources=FAKE_SOURCES)
     data_dir = root / "tfds"
     builder.prepare(FAKE_SOURCES, data_dir, records_dir=records_dir)
     return records_dir, data_dir
@@ -36,8 +37,8 @@ def records_dir_path(records_dir, source):
 def _record_images(records_dir, source, class_id):
     path = f"{records_dir}/{source}/{class_id}.tfrecords"
     out = []
-    for payload in records.read_tfrecords(path):
-        feats = records.parse_example(payload)
+    for payload in tfrecord.read_tfrecords(path):
+        feats = tfrecord.parse_example(payload)
         assert feats["label"] == [class_id]
         out.append(feats["image"][0])
     return out
@@ -48,31 +49,31 @@ def _record_images(records_dir, source, class_id):
 # --------------------------------------------------------------------------- #
 
 def test_crc32c_known_vectors_and_numpy_path():
-    assert records.crc32c(b"") == 0
-    assert records.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+    assert tfrecord.crc32c(b"") == 0
+    assert tfrecord.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
     # RFC 3720 (iSCSI) appendix B.4.
-    assert records.crc32c(bytes(32)) == 0x8A9136AA
-    assert records.crc32c(b"\xff" * 32) == 0x62A8AB43
-    assert records.crc32c(bytes(range(32))) == 0x46DD794E
-    assert records.crc32c(bytes(range(31, -1, -1))) == 0x113FDB5C
+    assert tfrecord.crc32c(bytes(32)) == 0x8A9136AA
+    assert tfrecord.crc32c(b"\xff" * 32) == 0x62A8AB43
+    assert tfrecord.crc32c(bytes(range(32))) == 0x46DD794E
+    assert tfrecord.crc32c(bytes(range(31, -1, -1))) == 0x113FDB5C
     c = 0xE3069283
-    assert records.masked_crc32c(b"123456789") == (
+    assert tfrecord.masked_crc32c(b"123456789") == (
         ((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
     rng = np.random.default_rng(0)
     for n in (4, 63, 64, 65, 2048, 5001, 70001):
         data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
-        assert records._crc32c_numpy(data) == records._crc32c_python(data), n
+        assert tfrecord._crc32c_numpy(data) == tfrecord._crc32c_python(data), n
 
 
 def test_tfrecord_round_trip_record_by_record(tmp_path):
     rng = np.random.default_rng(1)
     payloads = [b"", b"abc", rng.integers(0, 256, 10_000, dtype=np.uint8).tobytes()]
     path = tmp_path / "x.tfrecords"
-    assert records.write_tfrecords(path, payloads) == 3
+    assert tfrecord.write_tfrecords(path, payloads) == 3
     assert path.stat().st_size == sum(16 + len(p) for p in payloads)
     head = path.read_bytes()[:12]
     assert struct.unpack("<Q", head[:8])[0] == 0
-    it = records.read_tfrecords(path)
+    it = tfrecord.read_tfrecords(path)
     assert next(it) == payloads[0]
     assert next(it) == payloads[1]
     assert next(it) == payloads[2]
@@ -87,31 +88,31 @@ def test_tfrecord_writer_matches_tensorboard_writer(tmp_path):
     writer = rw.RecordWriter(buf)
     for p in payloads:
         writer.write(p)
-    records.write_tfrecords(tmp_path / "a.tfrecords", payloads)
+    tfrecord.write_tfrecords(tmp_path / "a.tfrecords", payloads)
     assert (tmp_path / "a.tfrecords").read_bytes() == buf.getvalue()
 
 
 def test_crc_detects_corruption(tmp_path):
     p0, p1 = b"first record", b"second record payload"
     path = tmp_path / "x.tfrecords"
-    records.write_tfrecords(path, [p0, p1])
+    tfrecord.write_tfrecords(path, [p0, p1])
     good = path.read_bytes()
     bad = bytearray(good)
     bad[16 + len(p0) + 12 + 3] ^= 0x01  # a byte of the second payload
     path.write_bytes(bytes(bad))
-    it = records.read_tfrecords(path)
+    it = tfrecord.read_tfrecords(path)
     assert next(it) == p0
     with pytest.raises(MetaDatasetError, match=r"record 1: the CRC-32C of the record's data"):
         next(it)
-    assert list(records.read_tfrecords(path, verify_crc=False))[1] != p1
+    assert list(tfrecord.read_tfrecords(path, verify_crc=False))[1] != p1
     bad = bytearray(good)
     bad[0] ^= 0x04  # the first record's length
     path.write_bytes(bytes(bad))
     with pytest.raises(MetaDatasetError, match=r"record 0: the CRC of the record length"):
-        list(records.read_tfrecords(path, verify_crc=False))
+        list(tfrecord.read_tfrecords(path, verify_crc=False))
     path.write_bytes(good[:-3])
     with pytest.raises(MetaDatasetError, match="ends inside a record"):
-        list(records.read_tfrecords(path))
+        list(tfrecord.read_tfrecords(path))
 
 
 # --------------------------------------------------------------------------- #
@@ -159,8 +160,8 @@ def _protobuf_example_class():
 def test_example_round_trip_both_directions():
     feats = {"image": [b"\x00\xffjpeg", b""], "label": [7], "big": [-3, 2**40, -(2**63)],
              "f": [0.5, -1.25], "name": ["a", "\u00e9"], "empty": []}
-    data = records.encode_example(feats)
-    parsed = records.parse_example(data)
+    data = tfrecord.encode_example(feats)
+    parsed = tfrecord.parse_example(data)
     assert parsed == {"image": [b"\x00\xffjpeg", b""], "label": [7],
                       "big": [-3, 2**40, -(2**63)], "f": [0.5, -1.25],
                       "name": [b"a", "\u00e9".encode()], "empty": []}
@@ -174,10 +175,10 @@ def test_example_round_trip_both_directions():
     other.features.feature["label"].int64_list.value.extend([12, -1])
     other.features.feature["image"].bytes_list.value.append(b"xyz")
     other.features.feature["w"].float_list.value.extend([2.0, 0.25])
-    assert records.parse_example(other.SerializeToString()) == {
+    assert tfrecord.parse_example(other.SerializeToString()) == {
         "label": [12, -1], "image": [b"xyz"], "w": [2.0, 0.25]}
     with pytest.raises(MetaDatasetError, match="tf.train.Example"):
-        records.parse_example(b"\x0a\x09\x0a\x07")
+        tfrecord.parse_example(b"\x0a\x09\x0a\x07")
 
 
 # --------------------------------------------------------------------------- #
@@ -215,8 +216,8 @@ def _hand_imagenet(folder):
     (folder / "dataset_spec.json").write_text(json.dumps(spec, indent=2))
     for c in range(7):
         name = spec["class_names"][str(c)]
-        records.write_tfrecords(folder / f"{c}.tfrecords", [
-            records.encode_example({"image": [b"jpeg"], "label": [c]})] * leaf_images[name])
+        tfrecord.write_tfrecords(folder / f"{c}.tfrecords", [
+            tfrecord.encode_example({"image": [b"jpeg"], "label": [c]})] * leaf_images[name])
     return spec
 
 
@@ -320,7 +321,7 @@ def test_fake_specs_of_all_three_kinds(fake):
 # --------------------------------------------------------------------------- #
 
 def _small_traffic(tmp_path):
-    return records.write_fake_records(tmp_path / "rec", sources=["traffic_sign"],
+    return write_fake_records(tmp_path / "rec", sources=["traffic_sign"],
                                       classes_per_split=(0, 0, 3), images_per_class=(2, 2))
 
 
@@ -362,8 +363,8 @@ def test_class_source_errors(tmp_path):
     cs = records.class_source(root, "traffic_sign")
     with pytest.raises(MetaDatasetError, match="Corrupt TFRecord file .*0.tfrecords"):
         list(cs.images(0))
-    records.write_tfrecords(folder / "1.tfrecords",
-                            [records.encode_example({"image": [b"x"], "label": [2]})])
+    tfrecord.write_tfrecords(folder / "1.tfrecords",
+                            [tfrecord.encode_example({"image": [b"x"], "label": [2]})])
     with pytest.raises(MetaDatasetError, match="has label 2, but the file holds class 1"):
         list(cs.images(1))
 
@@ -495,10 +496,10 @@ def test_prepare_is_idempotent_and_warns_about_unofficial_splits(fake, tmp_path,
     records_dir, data_dir = fake
     info = data_dir / "ur_metadataset" / "omniglot" / "1.0.0" / "dataset_info.json"
     before = info.stat().st_mtime_ns
-    with caplog.at_level(logging.INFO, logger="ur_jax.data.metadataset"):
+    with caplog.at_level(logging.INFO, logger="ur_jax.suites.metadataset"):
         builder.prepare(["omniglot"], data_dir, records_dir=records_dir)
     assert info.stat().st_mtime_ns == before and not caplog.records
-    with caplog.at_level(logging.WARNING, logger="ur_jax.data.metadataset"):
+    with caplog.at_level(logging.WARNING, logger="ur_jax.suites.metadataset"):
         builder.prepare(["traffic_sign"], tmp_path / "other",
                         origin={"traffic_sign": "records"}, records_dir=records_dir)
     assert any("official Meta-Dataset split has (0, 0, 43)" in r.getMessage()

@@ -9,7 +9,7 @@ import pytest
 from ur_jax import adapters as adapters_lib
 from ur_jax import sharding
 from ur_jax.data.episodes import Episode
-from ur_jax.evaluation import fewshot
+from ur_jax.evaluation import fewshot, methods
 from ur_jax.evaluation import metadataset as md_eval
 from ur_jax.models import get_backbone
 
@@ -163,15 +163,17 @@ def test_tsa_fits_the_adapters_and_pa_on_the_support_set(tsa_evaluator):
     source = _records(4, 8, noise=120, seed=7)
     images = np.stack([r["image"] for r in source]).astype(np.float32) / 127.5 - 1.0
     labels = np.asarray([r["label"] for r in source], np.int32)
-    adapted, start = tsa_evaluator._tsa_adapters(images)
+    tsa = methods.get_method("tsa")
+    adapted, start = tsa_evaluator._adapted_start(tsa, images)
     before = jax.tree.map(np.asarray, tsa_evaluator.variables)
     shard = lambda x: sharding.shard_batch(x, tsa_evaluator.mesh)
-    alpha, beta, feats = md_eval._tsa_fit(
-        adapted, "pooled", 6, tsa_evaluator.variables, start, shard(images), shard(labels),
-        jnp.int32(10), jnp.float32(0.5), jnp.float32(1.0))
-    _, beta0, feats0 = md_eval._tsa_fit(
-        adapted, "pooled", 6, tsa_evaluator.variables, start, shard(images), shard(labels),
-        jnp.int32(0), jnp.float32(0.5), jnp.float32(1.0))
+    lrs = {"alpha": jnp.float32(0.5), "beta": jnp.float32(1.0)}
+    alpha, beta, feats = md_eval._fit_adapted(
+        tsa, adapted, "pooled", 6, tsa_evaluator.variables, start, shard(images),
+        shard(labels), jnp.int32(10), lrs)
+    _, beta0, feats0 = md_eval._fit_adapted(
+        tsa, adapted, "pooled", 6, tsa_evaluator.variables, start, shard(images),
+        shard(labels), jnp.int32(0), lrs)
     np.testing.assert_array_equal(np.asarray(beta0), np.eye(beta.shape[0]))
     loss0 = fewshot.pa_loss(beta0, feats0, labels, 6)
     loss1 = fewshot.pa_loss(beta, feats, labels, 6)
@@ -238,3 +240,70 @@ def test_evaluator_errors(backbone):
         ev.evaluate(_records(2, 2, 1, 0), [], method="ncc")
     with pytest.raises(ValueError, match="Unknown few-shot method"):
         ev.evaluate(_records(2, 2, 1, 0), _episodes(2, 4, 1, 0, 2), method="proto")
+
+
+# ------------------------------------------------------------------------ method registry
+
+
+@pytest.fixture
+def toy_method():
+    """'ncc_scale1' (NCC with cosine x 1), registered for one test and then removed; its
+    logits record every trace, which shows the protocols ran this entry."""
+    traced = []
+
+    def logits(state, support, support_labels, query, ways):
+        del state
+        traced.append(ways)
+        return fewshot.ncc_logits(support, support_labels, query, ways, scale=1.0)
+
+    entry = methods.register_method(methods.FewShotMethod(
+        name="ncc_scale1", adapts="features", logits=logits, description="NCC, cosine x 1"))
+    yield entry, traced
+    methods.unregister_method("ncc_scale1")
+
+
+def test_a_registered_method_runs_in_both_protocols(evaluator, toy_method):
+    entry, traced = toy_method
+    assert "ncc_scale1" in md_eval.METHODS and "ncc_scale1" in fewshot.METHODS
+    assert md_eval.learning_rates("ncc_scale1", seen=True) == {}
+    # Fixed-shape protocol, on a pool of features: the same argmax as NCC (x 10).
+    rng = np.random.default_rng(11)
+    labels = np.repeat(np.arange(8), 12)
+    feats = (rng.normal(size=(8, 16))[labels] + rng.normal(size=(96, 16))).astype(np.float32)
+    ep = fewshot.sample_episodes(labels, 6, 4, 3, 5, seed=0)
+    toy = fewshot.evaluate_episodes(feats, ep, "ncc_scale1", chunk=6)
+    assert traced  # the entry's logits were traced
+    np.testing.assert_array_equal(toy, fewshot.evaluate_episodes(feats, ep, "ncc", chunk=6))
+    assert 0.0 < toy.mean() < 1.0
+    # Episodic protocol, on images with bucketed variable-size episodes.
+    traced.clear()
+    source = _records(8, 8, noise=120, seed=5)
+    episodes = _episodes(8, 8, 6, seed=6, max_ways=6)
+    toy = evaluator.evaluate(source, episodes, method="ncc_scale1")
+    assert traced
+    np.testing.assert_array_equal(toy, evaluator.evaluate(source, episodes, method="ncc"))
+
+
+def test_unknown_or_unsupported_methods_are_refused(evaluator):
+    source, episodes = _records(2, 4, 1, 0), _episodes(2, 4, 1, 0, 2)
+    with pytest.raises(ValueError, match=r"Unknown few-shot method 'knn'; expected one of"):
+        evaluator.evaluate(source, episodes, method="knn")
+    with pytest.raises(ValueError, match="Unknown few-shot method"):
+        methods.get_method("knn")
+    with pytest.raises(ValueError, match=r"lrs names \['gamma'\], which method 'pa' does not"):
+        evaluator.evaluate(source, episodes, method="pa", lrs={"gamma": 1.0})
+    # TSA adapts the backbone: it needs images, so the fixed-shape protocol refuses it.
+    pool = np.zeros((10, 4), np.float32)
+    ep = fewshot.sample_episodes(np.repeat(np.arange(2), 5), 1, 2, 2, 2, seed=0)
+    with pytest.raises(ValueError, match="'tsa' adapts the backbone.*EpisodeEvaluator"):
+        fewshot.evaluate_episodes(pool, ep, "tsa")
+    with pytest.raises(ValueError, match="already registered"):
+        methods.register_method(methods.FewShotMethod(
+            name="pa", adapts="features", logits=fewshot.pa_logits))
+    with pytest.raises(ValueError, match="needs both fit and adapter"):
+        methods.FewShotMethod(name="x", adapts="backbone", logits=fewshot.pa_logits)
+    with pytest.raises(ValueError, match="same rates"):
+        methods.FewShotMethod(name="x", adapts="features", logits=fewshot.pa_logits,
+                              seen_learning_rates={"a": 1.0})
+    with pytest.raises(ValueError, match="Unknown few-shot method 'knn'"):
+        methods.unregister_method("knn")

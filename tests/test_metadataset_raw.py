@@ -16,8 +16,9 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image, ImageOps
 
-from ur_jax.data.metadataset import raw, tfds_sources
-from ur_jax.data.metadataset.common import CLASS_SPLITS, MetaDatasetError
+from ur_jax.suites.metadataset import raw, tfds_sources
+from ur_jax.suites.metadataset.common import CLASS_SPLITS, MetaDatasetError
+from ur_jax.suites.metadataset.fake import write_fake_raw
 
 # --------------------------------------------------------------------------- #
 # Independent references.
@@ -161,7 +162,7 @@ def test_split_counts_official_scaled_and_explicit():
 # --------------------------------------------------------------------------- #
 
 def test_aircraft_fake_tree_classes_split_and_box_crops(tmp_path):
-    base = raw.write_fake_raw(tmp_path, "aircraft", num_classes=6, images_per_class=3)
+    base = write_fake_raw(tmp_path, "aircraft", num_classes=6, images_per_class=3)
     data = base / "data"
     variants = [v for v in (data / "variants.txt").read_text().splitlines() if v]
     assert variants != sorted(variants)  # the fake's file is unsorted; the rule sorts it
@@ -191,7 +192,7 @@ def test_aircraft_fake_tree_classes_split_and_box_crops(tmp_path):
 
 
 def test_fungi_fake_tree_names_order_and_passthrough(tmp_path):
-    base = raw.write_fake_raw(tmp_path, "fungi", num_classes=6, images_per_class=3, seed=1)
+    base = write_fake_raw(tmp_path, "fungi", num_classes=6, images_per_class=3, seed=1)
     train = json.loads((base / "train.json").read_text())
     val = json.loads((base / "val.json").read_text())
     cats = sorted(train["categories"], key=lambda c: c["id"])
@@ -210,7 +211,7 @@ def test_fungi_fake_tree_names_order_and_passthrough(tmp_path):
 
 
 def test_traffic_sign_fake_tree_whole_images_shuffled_like_the_converter(tmp_path):
-    base = raw.write_fake_raw(tmp_path, "traffic_sign", num_classes=4, images_per_class=7)
+    base = write_fake_raw(tmp_path, "traffic_sign", num_classes=4, images_per_class=7)
     cs = raw.manual_class_source("traffic_sign", base, jpeg=False)
     assert cs.splits == (0, 0, 4)
     assert list(cs.class_names) == ["00.Speed limit (20km/h)", "01.Speed limit (30km/h)",
@@ -233,7 +234,7 @@ def test_traffic_sign_fake_tree_whole_images_shuffled_like_the_converter(tmp_pat
 
 
 def test_real_class_count_gives_the_official_split(tmp_path):
-    raw.write_fake_raw(tmp_path, "traffic_sign", num_classes=43, images_per_class=1)
+    write_fake_raw(tmp_path, "traffic_sign", num_classes=43, images_per_class=1)
     cs = raw.manual_class_source("traffic_sign", tmp_path)
     assert cs.official and cs.classes_per_split is None and cs.splits == (0, 0, 43)
     assert cs.class_names[42] == "42.End of no passing by vehicles over 3.5 metric tons"
@@ -252,7 +253,7 @@ def test_raw_errors_show_expected_tree_found_and_download(tmp_path):
     with pytest.raises(MetaDatasetError, match="raw sources are"):
         raw.manual_class_source("dtd", tmp_path)
 
-    base = raw.write_fake_raw(tmp_path / "a", "aircraft", num_classes=3, images_per_class=2)
+    base = write_fake_raw(tmp_path / "a", "aircraft", num_classes=3, images_per_class=2)
     with pytest.raises(MetaDatasetError, match="Hint: pass its parent"):
         raw.manual_class_source("aircraft", base / "data")
     victim = min((base / "data" / "images").iterdir())
@@ -261,14 +262,14 @@ def test_raw_errors_show_expected_tree_found_and_download(tmp_path):
         raw.manual_class_source("aircraft", base)
     assert "fgvc-aircraft-2013b.tar.gz" in str(e.value)
 
-    base = raw.write_fake_raw(tmp_path / "f", "fungi", num_classes=3)
+    base = write_fake_raw(tmp_path / "f", "fungi", num_classes=3)
     val = json.loads((base / "val.json").read_text())
     val["categories"] = val["categories"][:2]
     (base / "val.json").write_text(json.dumps(val))
     with pytest.raises(MetaDatasetError, match="different categories"):
         raw.manual_class_source("fungi", base)
 
-    base = raw.write_fake_raw(tmp_path / "t", "traffic_sign", num_classes=3)
+    base = write_fake_raw(tmp_path / "t", "traffic_sign", num_classes=3)
     (base / "Final_Training" / "Images" / "00001").rename(
         base / "Final_Training" / "Images" / "00007")
     with pytest.raises(MetaDatasetError, match="without gaps"):

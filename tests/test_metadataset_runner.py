@@ -8,8 +8,20 @@ import os
 import numpy as np
 import pytest
 
-from ur_jax import train
-from ur_jax.data import metadataset as md
+from ur_jax.suites import metadataset as md
+from ur_jax.suites.metadataset.fake import write_fake_records
+from ur_jax import run as run_lib
+from ur_jax import optim
+from ur_jax.stages import common, distill
+from ur_jax.run import validation
+
+# One compiled-function cache for this module's runs: equal models share their compiled steps.
+_CACHE = run_lib.CompiledCache()
+
+
+def _run(config, workdir, **kwargs):
+    return run_lib.run(config, workdir, cache=_CACHE, **kwargs)
+
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
@@ -27,7 +39,7 @@ def _config(name, arg, records, data):
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory):
     root = tmp_path_factory.mktemp("md")
-    records = md.write_fake_records(str(root / "records"))
+    records = write_fake_records(str(root / "records"))
     return records, str(root / "tfds")
 
 
@@ -35,19 +47,19 @@ def fake(tmp_path_factory):
 def sdl_run(fake, tmp_path_factory):
     records, data = fake
     workdir = str(tmp_path_factory.mktemp("sdl"))
-    results = train.run(_config("metadataset_sdl", "omniglot,smoke", records, data), workdir)
+    results = _run(_config("metadataset_sdl", "omniglot,smoke", records, data), workdir)
     return workdir, results
 
 
 def test_learning_rate_warm_restarts():
     """PyTorch's CosineAnnealingWarmRestarts(T_0=4): lr (1 + cos(pi (t mod 4) / 4)) / 2."""
-    schedule = train.learning_rate_schedule(0.03, 12, kind="cosine_restarts", restart_every=4)
+    schedule = optim.learning_rate_schedule(0.03, 12, kind="cosine_restarts", restart_every=4)
     got = np.asarray([schedule(t) for t in range(12)])
     expected = [0.03 * (1 + np.cos(np.pi * (t % 4) / 4)) / 2 for t in range(12)]
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     assert got[4] == pytest.approx(0.03)  # the restart
     with pytest.raises(ValueError, match="restart_every"):
-        train.learning_rate_schedule(0.03, 12, kind="cosine_restarts")
+        optim.learning_rate_schedule(0.03, 12, kind="cosine_restarts")
 
 
 def test_recipe_is_the_papers():
@@ -55,14 +67,14 @@ def test_recipe_is_the_papers():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     c = module.get_config()
-    assert train.batch_size(c.url, "ilsvrc_2012") == 448
-    assert train.batch_size(c.url, "fungi") == 64
-    assert train.stage_steps(c.teachers, "ilsvrc_2012") == 480_000
-    assert train.stage_steps(c.teachers, "dtd") == 50_000
-    assert train.stage_value(c.teachers, "restart_every", "dtd") == 1_500
-    assert train.stage_value(c.teachers, "learning_rate", "quickdraw") == 1e-2
+    assert common.batch_size(c.url, "ilsvrc_2012") == 448
+    assert common.batch_size(c.url, "fungi") == 64
+    assert common.stage_steps(c.teachers, "ilsvrc_2012") == 480_000
+    assert common.stage_steps(c.teachers, "dtd") == 50_000
+    assert common.stage_value(c.teachers, "restart_every", "dtd") == 1_500
+    assert common.stage_value(c.teachers, "learning_rate", "quickdraw") == 1e-2
     # Annealing: weight 1 - t / (48k k): ImageNet k = 5 reaches 0 at 240k, others at 48k / 96k.
-    anneal = train._distill_config(c, tuple(c.domains)).anneal
+    anneal = distill.distill_config(c, tuple(c.domains)).anneal
     assert float(anneal["ilsvrc_2012"](120_000)) == pytest.approx(0.5)
     assert float(anneal["omniglot"](48_000)) == pytest.approx(0.5)
     assert float(anneal["dtd"](24_000)) == pytest.approx(0.5)
@@ -82,7 +94,7 @@ def test_training_input_is_one_batch_per_source(fake):
     sources = registry.load_classification(c)
     assert sources.num_classes == {"ilsvrc_2012": 10, "omniglot": 11}  # the fakes' train classes
     assert sources.test == {} and set(sources.fewshot_specs) == set(c.fewshot.domains)
-    sizes = {d: train.batch_size(c.mdl, d) for d in c.domains}
+    sizes = {d: common.batch_size(c.mdl, d) for d in c.domains}
     batch = pipeline.train_batches(sources.train, sizes, seed=0, augment="crop_flip")[0]
     assert list(batch) == ["ilsvrc_2012", "omniglot"]
     for d, n in (("ilsvrc_2012", 16), ("omniglot", 8)):
@@ -122,7 +134,7 @@ def test_eval_smoke_run_is_deterministic(sdl_run, fake, tmp_path):
     c = _config("metadataset_eval", "standard,smoke", records, data)
     c.fewshot.checkpoints = {"teacher": os.path.join(workdir, "teachers", "omniglot", "model")}
     c.fewshot.seen = ("omniglot",)
-    out = train.run(c, str(tmp_path / "eval"))
+    out = _run(c, str(tmp_path / "eval"))
     rows = out["fewshot"]["rows"]
     assert set(rows) == {"teacher ncc", "teacher pa", "teacher tsa"}
     for method in ("ncc", "pa"):
@@ -136,18 +148,18 @@ def test_eval_config_needs_a_checkpoint(fake, tmp_path):
     records, data = fake
     c = _config("metadataset_eval", "smoke", records, data)
     with pytest.raises(ValueError, match="checkpoints"):
-        train.run(c, str(tmp_path / "x"))
+        _run(c, str(tmp_path / "x"))
     c.fewshot.checkpoints = {"m": "somewhere"}
     c.fewshot.protocol = "ten_way"
     with pytest.raises(ValueError, match="protocol"):
-        train.validate_config(c)
+        validation.validate(c, "classification")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["metadataset_mdl", "metadataset_url"])
 def test_student_smoke_runs(name, fake, tmp_path):
     records, data = fake
-    out = train.run(_config(name, "smoke", records, data), str(tmp_path / name))
+    out = _run(_config(name, "smoke", records, data), str(tmp_path / name))
     stage = name.split("_")[1]
     row = out["fewshot"]["rows"][f"{stage} ncc"]
     assert set(row["averages"]) == {"seen", "unseen", "all"}
@@ -171,8 +183,8 @@ def test_adapter_learning_rate_restarts_with_the_student():
     """VICO-UoE/URL steps the adapters' Adam with the student's CosineAnnealRestartLR (48k):
     lr = 0.1 (1 + cos(pi (t mod 48k) / 48k)) / 2, not one cosine over the 240k steps."""
     c = _paper_config("metadataset_url")
-    schedule = train.adapter_learning_rate_schedule(c.url)
-    student = train.learning_rate_schedule(0.03, 240_000, 0, "cosine_restarts",
+    schedule = common.adapter_learning_rate_schedule(c.url)
+    student = optim.learning_rate_schedule(0.03, 240_000, 0, "cosine_restarts",
                                            restart_every=48_000)
     for t in (47_999, 48_001, 200_000):
         expected = 0.1 * (1 + np.cos(np.pi * (t % 48_000) / 48_000)) / 2
@@ -182,12 +194,12 @@ def test_adapter_learning_rate_restarts_with_the_student():
     assert float(schedule(200_000)) == pytest.approx(0.05 * (1 + np.cos(np.pi / 6)), rel=1e-5)
     # the one-cosine convention stays available
     c.url.adapter_schedule = "cosine"
-    once = train.adapter_learning_rate_schedule(c.url)
+    once = common.adapter_learning_rate_schedule(c.url)
     assert float(once(200_000)) == pytest.approx(0.05 * (1 + np.cos(np.pi * 200_000 / 240_000)),
                                                  rel=1e-5)
     c.url.adapter_schedule = "linear"
     with pytest.raises(ValueError, match="adapter_schedule"):
-        train.adapter_learning_rate_schedule(c.url)
+        common.adapter_learning_rate_schedule(c.url)
 
 
 def test_adapter_schedule_elsewhere_is_one_cosine_over_the_run():
@@ -201,11 +213,11 @@ def test_adapter_schedule_elsewhere_is_one_cosine_over_the_run():
     u = module.get_config().url
     before = optax.warmup_cosine_decay_schedule(  # the schedule train_url built before
         0.0, u.adapter_learning_rate, min(u.warmup_steps, max(u.steps - 1, 0)), max(u.steps, 1))
-    now = train.adapter_learning_rate_schedule(u)
+    now = common.adapter_learning_rate_schedule(u)
     t = np.arange(0, u.steps + 2)
     np.testing.assert_array_equal(np.asarray(now(t)), np.asarray(before(t)))
     d = _paper_config("decathlon_url").url
-    sched = train.adapter_learning_rate_schedule(d)
+    sched = common.adapter_learning_rate_schedule(d)
     for step in (0, 6_000, 9_000):
         assert float(sched(step)) == pytest.approx(
             0.005 * (1 + np.cos(np.pi * step / 12_000)), rel=1e-5)
@@ -217,14 +229,14 @@ def test_model_selection_follows_the_authors_scripts():
     c = _paper_config("metadataset_url")
     for d, period in (("ilsvrc_2012", 48_000), ("omniglot", 3_000), ("dtd", 1_500),
                       ("fungi", 15_000), ("vgg_flower", 1_500)):
-        assert train.stage_select_every(c, c.teachers, d) == period
-    assert train.stage_select_every(c, c.url) == 48_000
-    assert train.stage_select_every(_paper_config("metadataset_mdl"), c.mdl) == 48_000
+        assert common.stage_select_every(c, c.teachers, d) == period
+    assert common.stage_select_every(c, c.url) == 48_000
+    assert common.stage_select_every(_paper_config("metadataset_mdl"), c.mdl) == 48_000
     assert c.select_episodes == 300 and c.select_protocol == "standard"
-    train.validate_config(c, mesh=_one_device_mesh())  # every period divides by checkpoint_every
+    validation.validate(c, "classification", mesh=_one_device_mesh())  # every period divides by checkpoint_every
     c.checkpoint_every = 1000
     with pytest.raises(ValueError, match="teachers.select_every is 1500"):
-        train.validate_config(c, mesh=_one_device_mesh())
+        validation.validate(c, "classification", mesh=_one_device_mesh())
 
 
 def _one_device_mesh():
@@ -270,7 +282,7 @@ def test_loaded_models_get_seen_rates_only_on_their_own_sources(tmp_path, monkey
     checkpoint_seen overrides one model."""
     from ur_jax.evaluation import metadataset as md_eval
 
-    records = md.write_fake_records(str(tmp_path / "records"), ("ilsvrc_2012", "aircraft"))
+    records = write_fake_records(str(tmp_path / "records"), ("ilsvrc_2012", "aircraft"))
     c = _config("metadataset_eval", "smoke", records, str(tmp_path / "tfds"))
     c.fewshot.domains = ("ilsvrc_2012", "aircraft")
     c.fewshot.methods = ("pa", "tsa")
@@ -290,7 +302,7 @@ def test_loaded_models_get_seen_rates_only_on_their_own_sources(tmp_path, monkey
             return np.zeros(len(episodes), np.float32)
 
     monkeypatch.setattr(md_eval, "EpisodeEvaluator", Recorder)
-    fs = train.run(c, str(tmp_path / "run"))["fewshot"]
+    fs = _run(c, str(tmp_path / "run"))["fewshot"]
     # calls: model (sdl, url) x method (pa, tsa) x source (ilsvrc_2012, aircraft)
     assert used == [{"beta": 0.1}, {"beta": 1.0},
                     {"alpha": 0.05, "beta": 0.1}, {"alpha": 0.5, "beta": 1.0},
@@ -303,11 +315,11 @@ def test_loaded_models_get_seen_rates_only_on_their_own_sources(tmp_path, monkey
     used.clear()
     c.fewshot.checkpoint_seen.url = "ilsvrc_2012"
     c.fewshot.methods = ("pa",)
-    fs = train.run(c, str(tmp_path / "override"))["fewshot"]
+    fs = _run(c, str(tmp_path / "override"))["fewshot"]
     assert fs["seen"]["url"] == ["ilsvrc_2012"] and used[-1] == {"beta": 1.0}
     c.fewshot.checkpoint_seen.url = "aircraftt"
     with pytest.raises(ValueError, match="aircraftt"):
-        train.run(c, str(tmp_path / "typo"))
+        _run(c, str(tmp_path / "typo"))
 
 
 def _selection_config(records, data):
@@ -355,13 +367,9 @@ def selection_run(fake, tmp_path_factory):
         snapshots[step] = jax.device_get({"params": state.params,
                                           "batch_stats": state.batch_stats})
 
-    train.step_callbacks.append(snapshot)
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(md_eval, "validation_accuracy", recorder)
-            train.run(_selection_config(records, data), str(workdir))
-    finally:
-        train.step_callbacks.remove(snapshot)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(md_eval, "validation_accuracy", recorder)
+        _run(_selection_config(records, data), str(workdir), step_hooks=(snapshot,))
     return workdir, recorder.calls, snapshots
 
 
@@ -416,13 +424,9 @@ def test_episodic_model_selection_resumes_exactly(selection_run, fake, tmp_path,
         if step == 2:
             raise Killed
 
-    train.step_callbacks.append(kill)
-    try:
-        with pytest.raises(Killed):
-            train.run(_selection_config(records, data), str(tmp_path))
-    finally:
-        train.step_callbacks.remove(kill)
-    train.run(_selection_config(records, data), str(tmp_path))
+    with pytest.raises(Killed):
+        _run(_selection_config(records, data), str(tmp_path), step_hooks=(kill,))
+    _run(_selection_config(records, data), str(tmp_path))
     assert len(recorder.calls) == 3  # steps 1, 2, then 3 after the resume
     for (eps, out), (ref_eps, ref_out) in zip(recorder.calls, reference, strict=True):
         _same_episodes(eps, ref_eps)

@@ -4,8 +4,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ur_jax import train
 from ur_jax.data import pipeline
+from ur_jax.stages import common
 
 
 def _source(n, offset):
@@ -77,11 +77,11 @@ def test_bad_inputs_are_refused():
 
 def test_stage_batch_size_may_be_per_domain():
     stage = ml_collections.ConfigDict({"batch_size": {"imagenet": 448, "default": 64}})
-    assert train.batch_size(stage, "imagenet") == 448
-    assert train.batch_size(stage, "omniglot") == 64
-    assert train.batch_size(ml_collections.ConfigDict({"batch_size": 16}), "x") == 16
+    assert common.batch_size(stage, "imagenet") == 448
+    assert common.batch_size(stage, "omniglot") == 64
+    assert common.batch_size(ml_collections.ConfigDict({"batch_size": 16}), "x") == 16
     with pytest.raises(ValueError, match="no entry for 'omniglot'"):
-        train.batch_size(ml_collections.ConfigDict({"batch_size": {"imagenet": 8}}), "omniglot")
+        common.batch_size(ml_collections.ConfigDict({"batch_size": {"imagenet": 8}}), "omniglot")
 
 
 def test_holdout_split_partitions_each_class_deterministically():

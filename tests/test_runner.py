@@ -2,7 +2,7 @@
 
 One smoke run through ``python -m ur_jax.main`` (8 fake CPU devices, inherited from
 conftest's XLA_FLAGS) is the reference; the in-process runs below reuse compilations
-through ur_jax.train's caches.
+through one shared CompiledCache (run(..., cache=...)).
 """
 
 import json
@@ -14,9 +14,18 @@ import jax
 import numpy as np
 import pytest
 
-from ur_jax import checkpointing, sharding, train
+from ur_jax import checkpointing, sharding
 from ur_jax.configs import load_config
-from ur_jax.data import embedded
+from ur_jax.suites import embedded
+from ur_jax import run as run_lib
+
+# One compiled-function cache for this module's runs: equal models share their compiled steps.
+_CACHE = run_lib.CompiledCache()
+
+
+def _run(config, workdir, **kwargs):
+    return run_lib.run(config, workdir, cache=_CACHE, **kwargs)
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -100,20 +109,16 @@ def test_resume_after_interruption_is_exact(cli_run, data_dir, tmp_path, devices
         if stage == "url" and step == 5:  # after step 5; the last checkpoint is step 4
             raise Killed
 
-    train.step_callbacks.append(kill)
-    try:
-        with pytest.raises(Killed):
-            train.run(config, workdir)
-    finally:
-        train.step_callbacks.remove(kill)
+    with pytest.raises(Killed):
+        _run(config, workdir, step_hooks=(kill,))
     assert not os.path.exists(os.path.join(workdir, "results.json"))
     assert checkpointing.Checkpointer(os.path.join(workdir, "checkpoints", "url")).latest_step() == 4
     seen = []
-    train.step_callbacks.append(lambda stage, step, state: seen.append((stage, step)))
-    try:
-        resumed = train.run(config, workdir)
-    finally:
-        train.step_callbacks.clear()
+
+    def hook(stage, step, state):
+        seen.append((stage, step))
+
+    resumed = _run(config, workdir, step_hooks=(hook,))
     # finished stages are not trained again; distillation continues from step 4
     assert seen == [("url", 5), ("url", 6)]
     assert _metrics(resumed) == _metrics(reference)
@@ -122,7 +127,7 @@ def test_resume_after_interruption_is_exact(cli_run, data_dir, tmp_path, devices
 def test_one_device_matches_eight(cli_run, data_dir, tmp_path, devices):
     _, reference, _ = cli_run
     config = _load_config(data_dir=data_dir)
-    single = train.run(config, str(tmp_path / "one"), mesh=sharding.make_mesh(devices[:1]))
+    single = _run(config, str(tmp_path / "one"), mesh=sharding.make_mesh(devices[:1]))
     for name in ("teachers", "mdl", "url"):
         for d in config.domains:
             a, b = single[name][d], reference[name][d]
@@ -153,7 +158,7 @@ def test_missing_teacher_checkpoint_is_refused(data_dir, tmp_path):
     config = _load_config(data_dir=data_dir)
     config.teachers.checkpoints.digits = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="No saved model in .*nowhere"):
-        train.run(config, str(tmp_path / "run"))
+        _run(config, str(tmp_path / "run"))
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +192,7 @@ def test_teacher_with_other_class_count_or_architecture_is_refused(saved_teacher
     config.model.kwargs.width = 0.25  # the saved teacher is 1/8 wide
     config.teachers.checkpoints.digits = path
     with pytest.raises(ValueError, match="backbone_kwargs: expected .*0.25.*found .*0.125"):
-        train.run(config, str(tmp_path / "run"))
+        _run(config, str(tmp_path / "run"))
 
 
 def test_teacher_whose_weights_do_not_fit_its_spec_is_refused(saved_teacher, tmp_path):
@@ -202,22 +207,22 @@ def test_teacher_whose_weights_do_not_fit_its_spec_is_refused(saved_teacher, tmp
 def test_unwritable_workdir_is_refused(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    with pytest.raises(train.WorkdirError, match="Cannot write to the workdir"):
-        train.prepare_workdir(str(blocker / "run"), _load_config())
+    with pytest.raises(run_lib.WorkdirError, match="Cannot write to the workdir"):
+        run_lib.prepare_workdir(str(blocker / "run"), _load_config())
 
 
 def test_workdir_of_another_config_is_refused_unless_overwrite(tmp_path):
     workdir = str(tmp_path / "run")
-    train.prepare_workdir(workdir, _load_config())
+    run_lib.prepare_workdir(workdir, _load_config())
     (tmp_path / "run" / "results.json").write_text("{}")
     (tmp_path / "run" / "mine.txt").write_text("user file")
     # settings that change no number may differ (a continued run with more logging)
-    train.prepare_workdir(workdir, _load_config(log_every=1))
+    run_lib.prepare_workdir(workdir, _load_config(log_every=1))
     other = _load_config(seed=1)
-    with pytest.raises(train.WorkdirError, match=r"different config:\n  seed: 0 -> 1"):
-        train.prepare_workdir(workdir, other)
+    with pytest.raises(run_lib.WorkdirError, match=r"different config:\n  seed: 0 -> 1"):
+        run_lib.prepare_workdir(workdir, other)
     assert (tmp_path / "run" / "results.json").exists()  # nothing was touched
-    train.prepare_workdir(workdir, other, overwrite=True)
+    run_lib.prepare_workdir(workdir, other, overwrite=True)
     assert not (tmp_path / "run" / "results.json").exists()
     assert (tmp_path / "run" / "mine.txt").exists()  # only the run's own outputs go
     with open(tmp_path / "run" / "config.json") as f:
@@ -226,18 +231,18 @@ def test_workdir_of_another_config_is_refused_unless_overwrite(tmp_path):
 
 def test_bad_config_values_are_refused_before_running(tmp_path):
     with pytest.raises(ValueError, match="multiple of the 8 devices"):
-        train.run(_load_config(**{"url.batch_size": 12}), str(tmp_path / "a"))
+        _run(_load_config(**{"url.batch_size": 12}), str(tmp_path / "a"))
     with pytest.raises(ValueError, match="Unknown stage"):
-        train.run(_load_config(stages=("teachers", "distill")), str(tmp_path / "b"))
+        _run(_load_config(stages=("teachers", "distill")), str(tmp_path / "b"))
     with pytest.raises(ValueError, match="needs stage 'teachers'"):
-        train.run(_load_config(stages=("url",)), str(tmp_path / "c"))
+        _run(_load_config(stages=("url",)), str(tmp_path / "c"))
     with pytest.raises(ValueError, match="no argument, 'smoke' or 'tune'"):
         _load_config("tiny")
     with pytest.raises(ValueError, match="evaluate_on='val' but the data has no validation"):
-        train.run(_load_config(evaluate_on="val", data_dir=str(tmp_path / "d")),
+        _run(_load_config(evaluate_on="val", data_dir=str(tmp_path / "d")),
                   str(tmp_path / "d"))
     with pytest.raises(ValueError, match="evaluate_on='tset'"):
-        train.run(_load_config(evaluate_on="tset"), str(tmp_path / "e"))
+        _run(_load_config(evaluate_on="tset"), str(tmp_path / "e"))
     assert not os.path.exists(tmp_path / "a")  # refused before the workdir was touched
 
 
@@ -246,7 +251,7 @@ def test_tuning_reports_on_a_validation_split_carved_from_train(data_dir, tmp_pa
     (the learning-rate search of the default's docstring)."""
     config = _load_config(stages=("teachers",), data_dir=data_dir, holdout_per_class=3,
                           evaluate_on="val")
-    results = train.run(config, str(tmp_path / "run"))
+    results = _run(config, str(tmp_path / "run"))
     assert results["evaluated_on"] == "val"
     for d in config.domains:
         assert results["teachers"][d]["examples"] == 30  # 3 per class x 10 classes, not test's

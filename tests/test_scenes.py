@@ -1,4 +1,4 @@
-"""Tests for the procedurally rendered dense-prediction scenes (ur_jax.data.scenes).
+"""Tests for the procedurally rendered dense-prediction scenes (ur_jax.suites.dense.scenes).
 
 Geometry is checked from the definitions: every labelled pixel is back-projected with its
 depth through the documented pinhole camera and must lie on the surface its label and
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ur_jax.data import scenes as S
+from ur_jax.suites.dense import scenes as S
 
 H, W = S.IMAGE_SHAPE[:2]
 
@@ -323,7 +323,7 @@ def test_builds_are_deterministic(built_dir: str, tmp_path: Path) -> None:
     for f in files:
         assert f.read_bytes() == (other / f.relative_to(built_dir)).read_bytes()
     # Another process with another hash seed renders the same bytes.
-    code = ("import hashlib; from ur_jax.data import scenes as S; h = hashlib.sha256(); "
+    code = ("import hashlib; from ur_jax.suites.dense import scenes as S; h = hashlib.sha256(); "
             "[h.update(r[k].tobytes()) for i in (0, 5) for s in S.SPLITS "
             "for r in [S.render_example(s, i)] for k in sorted(r)]; print(h.hexdigest())")
     env = dict(os.environ, PYTHONHASHSEED="12345")

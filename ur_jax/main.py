@@ -1,7 +1,7 @@
 """Command line: ``python -m ur_jax.main --config configs/<name>.py[:<arg>] --workdir DIR``.
 
-Runs the stages the config names (see :mod:`ur_jax.train`, and :mod:`ur_jax.train_dense`
-for configs with ``problem = 'dense'``), resuming whatever ``DIR``
+Runs the stages the config names (:func:`ur_jax.run.run`; the stages are in
+:mod:`ur_jax.stages`), resuming whatever ``DIR``
 already holds of the same config, and writes ``DIR/results.json``. Any config value can
 be overridden: ``--config.seed=1``, ``--config.url.steps=2000``. ``--overwrite``
 replaces a run of a different config in ``DIR``.
@@ -50,15 +50,11 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    from ur_jax import train  # after flag parsing: JAX reads its flags at import
+    from ur_jax import run  # after flag parsing: JAX reads its flags at import
 
-    config = _CONFIG.value
-    runner = train
-    if config.get("problem", "classification") == "dense":
-        from ur_jax import train_dense as runner
     try:
-        runner.run(config, _WORKDIR.value, overwrite=_OVERWRITE.value)
-    except (train.WorkdirError, FileNotFoundError, ValueError) as e:
+        run.run(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+    except (run.WorkdirError, FileNotFoundError, ValueError) as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -18,6 +18,7 @@ import re
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import optax
 
 FROZEN = "frozen"
@@ -107,3 +108,47 @@ def linear_anneal(total_steps: int, every: int = 1) -> optax.Schedule:
         return jax.numpy.clip(1.0 - s / total_steps, 0.0, 1.0)
 
     return schedule
+
+
+#: The stage schedules of :func:`learning_rate_schedule`.
+SCHEDULES = ("cosine", "step", "cosine_restarts")
+
+
+def learning_rate_schedule(lr: float, steps_: int, warmup: int = 0, kind: str = "cosine",
+                           decay_at: tuple[float, ...] = (), decay_factor: float = 0.1,
+                           restart_every: int = 0) -> optax.Schedule:
+    """A stage's learning-rate schedule: linear warmup over ``warmup`` steps, then
+
+    * ``'cosine'``: cosine decay to 0 at ``steps_``;
+    * ``'step'``: ``lr`` multiplied by ``decay_factor`` at each fraction ``decay_at`` of
+      the stage (the Decathlon recipe: x0.1 at epochs 80 and 100 of 120 is
+      ``decay_at=(80 / 120, 100 / 120)``);
+    * ``'cosine_restarts'``: cosine annealing with warm restarts every ``restart_every``
+      steps, ``lr * (1 + cos(pi * (t mod T) / T)) / 2`` (PyTorch's
+      ``CosineAnnealingWarmRestarts(T_0=T)``, the Meta-Dataset recipe).
+    """
+    if kind == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, lr, min(warmup, max(steps_ - 1, 0)),
+                                                  max(steps_, 1))
+    if kind == "cosine_restarts":
+        if int(restart_every) < 1:
+            raise ValueError(f"schedule='cosine_restarts' needs restart_every >= 1 (steps per "
+                             f"cycle); found {restart_every}.")
+        period = int(restart_every)
+
+        def restarts(step):
+            phase = jnp.mod(step, period) / period
+            value = lr * 0.5 * (1.0 + jnp.cos(jnp.pi * phase))
+            return value if warmup <= 0 else value * jnp.minimum(1.0, (step + 1) / warmup)
+
+        return restarts
+    if kind != "step":
+        raise ValueError(f"Unknown learning-rate schedule {kind!r}; expected one of {SCHEDULES}.")
+    bad = [f for f in decay_at if not 0.0 < float(f) <= 1.0]
+    if bad:
+        raise ValueError(f"decay_at holds fractions of the stage in (0, 1]; found {bad}.")
+    steps_at = sorted(round(float(f) * steps_) for f in decay_at)
+    piecewise = optax.piecewise_constant_schedule(lr, {b: decay_factor for b in steps_at})
+    if warmup <= 0:
+        return piecewise
+    return lambda step: piecewise(step) * jnp.minimum(1.0, (step + 1) / warmup)

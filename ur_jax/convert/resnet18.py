@@ -12,7 +12,7 @@ the networks are not wrapped in ``DataParallel`` (no ``module.`` prefix, strippe
   ``train_net_mdl.py``): an ``nn.ModuleList`` of linear heads ``cls_fn.<i>.{weight,bias}``,
   one per training source in the order of ``--data.train`` (``scripts/train_resnet18_url.sh``
   and ``_mdl.sh``: ilsvrc_2012 omniglot aircraft cu_birds dtd quickdraw fungi vgg_flower, i.e.
-  :data:`ur_jax.data.metadataset.common.TRAIN_SOURCES`).
+  :data:`ur_jax.suites.metadataset.common.TRAIN_SOURCES`).
 
 PyTorch name -> ur_jax variable (``params`` / ``batch_stats`` under ``backbone``)::
 
@@ -57,7 +57,7 @@ from ur_jax.convert.common import (
     conv_kernel,
     target_shapes,
 )
-from ur_jax.data.metadataset.common import CLASS_SPLITS, TRAIN_SOURCES
+from ur_jax.suites.metadataset.common import CLASS_SPLITS, TRAIN_SOURCES
 from ur_jax.models.resnet import scaled_width
 
 __all__ = ["BACKBONE", "DEFAULT_TEACHER_DOMAIN", "STAGE_SIZES", "STAGE_WIDTHS", "convert",
@@ -208,7 +208,7 @@ def convert(state_dict: Mapping[str, Any], domains: Sequence[str] | str | None =
         ``num_batches_tracked`` counters ignored).
       domains: names of the heads in ``cls_fn`` order (a tuple, or a comma-separated
         string). Default: ``('teacher',)`` for one head, the eight Meta-Dataset training
-        sources (:data:`~ur_jax.data.metadataset.common.TRAIN_SOURCES`, URL's order) for eight.
+        sources (:data:`~ur_jax.suites.metadataset.common.TRAIN_SOURCES`, URL's order) for eight.
         A teacher used as ``config.teachers.checkpoints.<source>`` needs ``domains=(source,)``.
       width: the width multiplier (default: inferred from ``conv1.weight``, 64 channels = 1.0).
       check_classes: refuse heads named after a Meta-Dataset training source whose class count

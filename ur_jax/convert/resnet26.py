@@ -38,7 +38,7 @@ which needs the authors' code to unpickle: load it with their code and save
 **Domains.** Per-domain lists are indexed by ``config_task.task``, the position in
 ``--dataset``; every released script passes the ten domains in :data:`RELEASE_DOMAINS`
 (``run_train_*.sh``, ``run_test_url.sh``), which puts ``vgg-flowers`` after ``gtsrb``,
-unlike :data:`ur_jax.data.decathlon.DOMAINS` (alphabetical after ImageNet). ``domains=``
+unlike :data:`ur_jax.suites.decathlon.DOMAINS` (alphabetical after ImageNet). ``domains=``
 names the heads in the checkpoint's order; without it a ten-head checkpoint whose class
 counts are those of :data:`RELEASE_DOMAINS` takes those names, and otherwise each head is
 named by its class count when that is unique among the Decathlon domains. The converted
@@ -280,7 +280,7 @@ def domain_names(num_classes: Sequence[int], domains: Sequence[str] | None = Non
     Raises:
       ConversionError: ``domains`` has the wrong length, or several heads cannot be named.
     """
-    from ur_jax.data.decathlon import NUM_CLASSES  # lazy: imports tensorflow_datasets
+    from ur_jax.suites.decathlon.common import NUM_CLASSES
 
     counts = [int(c) for c in num_classes]
     if domains is not None:
@@ -308,7 +308,7 @@ def domain_names(num_classes: Sequence[int], domains: Sequence[str] | None = Non
 
 
 def _ur_order(domains: Sequence[str]) -> list[str]:
-    from ur_jax.data.decathlon import DOMAINS
+    from ur_jax.suites.decathlon.common import DOMAINS
 
     if all(d in DOMAINS for d in domains):
         return sorted(domains, key=DOMAINS.index)

@@ -1,37 +1,13 @@
-"""Data pipelines for ur_jax.
+"""Generic data machinery of ur_jax (no benchmark lives here).
 
-:mod:`ur_jax.data.embedded` holds the default dataset: six small, offline,
-deterministic image domains (four for training, two for few-shot episodes)
-exposed as the TFDS builder ``ur_embedded`` (its names are re-exported here).
+* :mod:`ur_jax.data.pipeline`: grain pipelines over random-access sources (seeded, resumable
+  training batches, padded evaluation batches, normalisation, sources concatenated or split).
+* :mod:`ur_jax.data.episodes`: the Meta-Dataset-style episode sampler (variable ways and shots).
+* :mod:`ur_jax.data.registry`: ``config.dataset`` -> sources (:class:`~ur_jax.data.registry.
+  ClassificationData` / :class:`~ur_jax.data.registry.DenseData`), filled by the suites.
+* :mod:`ur_jax.data.tfds_helper`: the TFDS quirks every suite's builder needs, handled once.
+* :mod:`ur_jax.data.files`: small file-system helpers for error messages.
 
-Dense prediction: :mod:`ur_jax.data.dense` (MTAN's preprocessed NYU-v2 and Cityscapes as
-the TFDS builders ``ur_nyuv2`` / ``ur_cityscapes``, MTAN's augmentation, grain pipelines)
-and :mod:`ur_jax.data.scenes` (``ur_scenes``, procedurally rendered scenes for the offline
-dense default). :mod:`ur_jax.data.registry` maps ``config.dataset`` to sources.
+The benchmarks (builders, readers, transforms, fake data, recipes) are packages under
+:mod:`ur_jax.suites`: ``embedded``, ``dense``, ``decathlon``, ``metadataset``.
 """
-
-from __future__ import annotations
-
-from ur_jax.data.embedded import (
-    ALL_DOMAINS,
-    FEWSHOT_DOMAINS,
-    IMAGE_SHAPE,
-    NUM_CLASSES,
-    TRAIN_DOMAINS,
-    UrEmbedded,
-    data_source,
-    prepare,
-    render,
-)
-
-__all__ = [
-    "ALL_DOMAINS",
-    "FEWSHOT_DOMAINS",
-    "IMAGE_SHAPE",
-    "NUM_CLASSES",
-    "TRAIN_DOMAINS",
-    "UrEmbedded",
-    "data_source",
-    "prepare",
-    "render",
-]

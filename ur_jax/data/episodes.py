@@ -80,7 +80,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ur_jax.data.metadataset.common import MetaDatasetError
+from ur_jax.suites.metadataset.common import MetaDatasetError
 
 __all__ = [
     "MAX_SPANNING_LEAVES",
@@ -157,7 +157,7 @@ class SplitSpec:
     On construction the index arrays are converted to 1-D int64 arrays (lists are accepted)
     and checked: non-negative, class indices inside ``0 .. C-1``, no class twice in a group,
     not both ``superclasses`` and ``hierarchy``. Bad input raises
-    :class:`~ur_jax.data.metadataset.common.MetaDatasetError`.
+    :class:`~ur_jax.suites.metadataset.common.MetaDatasetError`.
     """
 
     name: str

@@ -259,7 +259,7 @@ def holdout_split(source: Source, per_class: int, seed: int = 0) -> tuple[Subset
 
 class ConcatSource:
     """Random-access concatenation of sources (``len``, ``[i]``): ``parts[0]``'s records,
-    then ``parts[1]``'s, ... Records are returned unchanged. (:mod:`ur_jax.data.decathlon`'s
+    then ``parts[1]``'s, ... Records are returned unchanged. (:mod:`ur_jax.suites.decathlon`'s
     train + val split is one.)
 
     Raises:

@@ -16,6 +16,11 @@ episode with a nearest-centroid classifier (NCC) on top of frozen features:
   ``support @ W`` and ``query @ W``.
 * **Linear probe** (``method='linear'``): softmax regression on the L2-normalised support
   features (:func:`linear_fit`), a common baseline beside NCC.
+* Any other method registered in :mod:`ur_jax.evaluation.methods` that adapts features.
+  The three above are registered by this module; :data:`METHODS` (read when accessed)
+  names every method this protocol runs. Methods that adapt the backbone (TSA,
+  :mod:`ur_jax.evaluation.tsa`) need the episodes' images and are refused here with a
+  ValueError: run them with :class:`ur_jax.evaluation.metadataset.EpisodeEvaluator`.
 * Results are reported as the mean accuracy over episodes with a 95% confidence
   interval ``1.96 * std / sqrt(E)`` (NumPy's ``std``, ``ddof=0``):
   :func:`mean_confidence_interval`.
@@ -43,12 +48,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ur_jax.evaluation import methods
 from ur_jax.losses import cross_entropy, l2_normalize
 from ur_jax.optim import adadelta
 
@@ -58,7 +66,6 @@ __all__ = [
     "ABSENT_CLASS_LOGIT",
     "LINEAR_LR",
     "LINEAR_STEPS",
-    "METHODS",
     "NCC_SCALE",
     "PA_STEPS",
     "SEEN_PA_LR",
@@ -71,8 +78,10 @@ __all__ = [
     "mean_confidence_interval",
     "ncc_logits",
     "pa_fit",
+    "pa_logits",
     "pa_loss",
     "pa_transform",
+    "query_accuracy",
     "sample_episodes",
 ]
 
@@ -84,8 +93,6 @@ PA_STEPS = 40
 SEEN_PA_LR = 0.1
 #: PA learning rate on unseen domains.
 UNSEEN_PA_LR = 1.0
-#: Classifiers understood by :func:`episode_accuracy` / :func:`evaluate_episodes`.
-METHODS = ("ncc", "pa", "linear")
 #: Full-batch Adam steps of the linear probe.
 LINEAR_STEPS = 100
 #: Adam learning rate of the linear probe.
@@ -410,37 +417,143 @@ def linear_fit(support: ArrayLike, support_labels: ArrayLike, ways: int,
     return params
 
 
-def _accuracy(logits: jax.Array, labels: jax.Array, ways: int) -> jax.Array:
-    """Fraction of valid rows (label in ``0..ways-1``) whose argmax is the label."""
-    valid = (labels >= 0) & (labels < ways)
-    correct = (jnp.argmax(logits, axis=-1) == labels) & valid
+def pa_logits(w: ArrayLike, support: ArrayLike, support_labels: ArrayLike, query: ArrayLike,
+              ways: int) -> jax.Array:
+    """NCC logits (:func:`ncc_logits`) of ``query @ w`` against prototypes of
+    ``support @ w``: how PA (and TSA, on its adapted features) classifies.
+
+    Args:
+      w: ``(d, d)`` PA map from :func:`pa_fit`.
+      support, support_labels, query, ways: as :func:`ncc_logits`.
+
+    Returns:
+      ``(Q, ways)`` float32 logits.
+    """
+    return ncc_logits(pa_transform(support, w), support_labels, pa_transform(query, w), ways)
+
+
+def query_accuracy(logits: ArrayLike, support_labels: ArrayLike, query_labels: ArrayLike,
+                   ways: int) -> jax.Array:
+    """Query accuracy of one episode's ``logits``, as both protocols score every method.
+
+    Classes with no support example (padded classes) get :data:`ABSENT_CLASS_LOGIT`, so
+    they are never predicted; queries whose label is outside ``0..ways-1`` (padding) are
+    not counted.
+
+    Args:
+      logits: ``(Q, ways)`` query logits.
+      support_labels: ``(S,)`` int support labels (which classes are present).
+      query_labels: ``(Q,)`` int query labels.
+      ways: number of classes.
+
+    Returns:
+      float32 scalar in ``[0, 1]`` (0 when no query is valid).
+    """
+    support_labels, query_labels = jnp.asarray(support_labels), jnp.asarray(query_labels)
+    counts = jnp.sum(jax.nn.one_hot(support_labels, ways, dtype=jnp.float32), axis=0)
+    logits = _mask_absent(jnp.asarray(logits), counts)
+    valid = (query_labels >= 0) & (query_labels < ways)
+    correct = (jnp.argmax(logits, axis=-1) == query_labels) & valid
     return jnp.sum(correct) / jnp.maximum(jnp.sum(valid), 1)
+
+
+# --------------------------------------------------------------------------
+# Registry entries (ur_jax.evaluation.methods): NCC, PA, linear probe
+# --------------------------------------------------------------------------
+
+
+def _ncc_entry_logits(state: None, support: jax.Array, support_labels: jax.Array,
+                      query: jax.Array, ways: int) -> jax.Array:
+    del state
+    return ncc_logits(support, support_labels, query, ways)
+
+
+def _pa_entry_fit(support: jax.Array, support_labels: jax.Array, ways: int, steps: jax.Array,
+                  learning_rates: Mapping[str, jax.Array]) -> jax.Array:
+    return pa_fit(support, support_labels, ways, steps, learning_rates["beta"])
+
+
+def _linear_entry_fit(support: jax.Array, support_labels: jax.Array, ways: int,
+                      steps: jax.Array, learning_rates: Mapping[str, jax.Array]
+                      ) -> tuple[jax.Array, jax.Array]:
+    return linear_fit(support, support_labels, ways, steps, learning_rates["linear"])
+
+
+def _linear_entry_logits(params: tuple[jax.Array, jax.Array], support: jax.Array,
+                         support_labels: jax.Array, query: jax.Array, ways: int) -> jax.Array:
+    del support, support_labels, ways
+    return linear_logits(params, query)
+
+
+methods.register_method(methods.FewShotMethod(
+    name="ncc", adapts="features", logits=_ncc_entry_logits,
+    description="nearest centroid, cosine x 10 (URL)"))
+methods.register_method(methods.FewShotMethod(
+    name="pa", adapts="features", fit=_pa_entry_fit, logits=pa_logits, steps=PA_STEPS,
+    seen_learning_rates={"beta": SEEN_PA_LR}, unseen_learning_rates={"beta": UNSEEN_PA_LR},
+    description="pre-classifier alignment (identity init, Adadelta) + NCC (URL)"))
+methods.register_method(methods.FewShotMethod(
+    name="linear", adapts="features", fit=_linear_entry_fit, logits=_linear_entry_logits,
+    steps=LINEAR_STEPS, seen_learning_rates={"linear": LINEAR_LR},
+    unseen_learning_rates={"linear": LINEAR_LR},
+    description="linear probe on L2-normalised features (Adam)"))
+
+
+def __getattr__(name: str) -> Any:
+    # ``METHODS``: the registered methods this protocol runs (those adapting features),
+    # read at access time (PEP 562) so later registrations count.
+    if name == "METHODS":
+        return methods.method_names("features")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _feature_method(name: str, caller: str) -> methods.FewShotMethod:
+    """The registered feature-level method ``name``; a ValueError naming the choices else."""
+    names = methods.method_names("features")
+    if name in names:
+        return methods.get_method(name)
+    hint = ""
+    if isinstance(name, str) and name in methods.method_names():
+        hint = (f" ({name!r} adapts the backbone, so it needs the episodes' images: evaluate "
+                f"it with ur_jax.evaluation.metadataset.EpisodeEvaluator)")
+    raise ValueError(f"{caller}: method must be one of {names}{hint}; found {name!r}. "
+                     f"New methods are registered with "
+                     f"ur_jax.evaluation.methods.register_method.")
+
+
+def _method_learning_rates(method: methods.FewShotMethod,
+                           learning_rate: float | Mapping[str, float], caller: str
+                           ) -> dict[str, jax.Array]:
+    """``{rate name: float32 scalar}``: a float given to every rate of ``method``, or a
+    mapping that names exactly its rates."""
+    names = method.learning_rate_names
+    if not isinstance(learning_rate, Mapping):
+        return {k: jnp.asarray(learning_rate, jnp.float32) for k in names}
+    if set(learning_rate) != set(names):
+        raise ValueError(f"{caller}: method {method.name!r} has the learning rates "
+                         f"{list(names)}; found a mapping of {sorted(learning_rate)}.")
+    return {k: jnp.asarray(learning_rate[k], jnp.float32) for k in names}
 
 
 def _single_episode_accuracy(features: jax.Array, support: jax.Array,
                              support_labels: jax.Array, query: jax.Array,
                              query_labels: jax.Array, steps: jax.Array,
-                             learning_rate: jax.Array, *, method: str,
-                             ways: int) -> jax.Array:
+                             learning_rates: Mapping[str, jax.Array], *,
+                             method: methods.FewShotMethod, ways: int) -> jax.Array:
     s_feat = jnp.take(features, support, axis=0)
     q_feat = jnp.take(features, query, axis=0)
-    if method == "linear":
-        probe = linear_fit(s_feat, support_labels, ways, steps, learning_rate)
-        _, counts = _prototypes(s_feat, support_labels, ways)
-        logits = _mask_absent(linear_logits(probe, q_feat), counts)
-        return _accuracy(logits, query_labels, ways)
-    if method == "pa":
-        w = pa_fit(s_feat, support_labels, ways, steps, learning_rate)
-        s_feat, q_feat = pa_transform(s_feat, w), pa_transform(q_feat, w)
-    logits = ncc_logits(s_feat, support_labels, q_feat, ways)
-    return _accuracy(logits, query_labels, ways)
+    state = (None if method.fit is None
+             else method.fit(s_feat, support_labels, ways, steps, learning_rates))
+    logits = method.logits(state, s_feat, support_labels, q_feat, ways)
+    return query_accuracy(logits, support_labels, query_labels, ways)
 
 
 def _episode_accuracy(features: jax.Array, support: jax.Array, support_labels: jax.Array,
                       query: jax.Array, query_labels: jax.Array, steps: jax.Array,
-                      learning_rate: jax.Array, *, method: str, ways: int) -> jax.Array:
+                      learning_rates: Mapping[str, jax.Array], *,
+                      method: methods.FewShotMethod, ways: int) -> jax.Array:
     def one(s, sl, q, ql):
-        return _single_episode_accuracy(features, s, sl, q, ql, steps, learning_rate,
+        return _single_episode_accuracy(features, s, sl, q, ql, steps, learning_rates,
                                         method=method, ways=ways)
 
     return jax.vmap(one)(support, support_labels, query, query_labels)
@@ -452,11 +565,12 @@ _episode_accuracy_jit = jax.jit(_episode_accuracy, static_argnames=("method", "w
 def episode_accuracy(features: ArrayLike, support: ArrayLike, support_labels: ArrayLike,
                      query: ArrayLike, query_labels: ArrayLike, *, method: str = "ncc",
                      ways: int, steps: int = PA_STEPS,
-                     learning_rate: float = SEEN_PA_LR) -> jax.Array:
+                     learning_rate: float | Mapping[str, float] = SEEN_PA_LR) -> jax.Array:
     """Query accuracy of a batch of episodes (jit-compiled, ``vmap`` over episodes).
 
-    Gathers each episode's support/query rows from the feature pool, optionally fits
-    PA on the support set, and classifies the queries by cosine NCC.
+    Gathers each episode's support/query rows from the feature pool, fits the method on
+    the support set (PA's map, the probe, ...) and scores its query logits with
+    :func:`query_accuracy`.
 
     Compiled once per (shapes, dtypes, ``method``, ``ways``); ``steps`` and
     ``learning_rate`` are traced, so changing them never recompiles. Use
@@ -467,19 +581,24 @@ def episode_accuracy(features: ArrayLike, support: ArrayLike, support_labels: Ar
       support, support_labels: ``(E, S)`` int indices into the pool and episode labels.
       query, query_labels: ``(E, Q)`` int indices and episode labels (queries whose
         label is outside ``0..ways-1`` are not counted).
-      method: ``'ncc'``, ``'pa'`` (PA + NCC) or ``'linear'`` (a linear probe,
-        :func:`linear_fit`).
+      method: a registered method that adapts features (:data:`METHODS`): ``'ncc'``,
+        ``'pa'`` (PA + NCC), ``'linear'`` (a linear probe, :func:`linear_fit`), ...
       ways: classes per episode (static); a variable-way episode pads its labels with -1
         and its classes beyond its own ways get no support, so they are never predicted.
-      steps, learning_rate: PA's Adadelta (or the probe's Adam) steps and learning rate
-        (ignored for NCC).
+      steps: the method's inner-loop steps (PA's Adadelta, the probe's Adam; ignored by
+        NCC).
+      learning_rate: a float used for every learning rate of the method, or a mapping
+        naming exactly its rates (:attr:`~ur_jax.evaluation.methods.FewShotMethod.
+        learning_rate_names`, e.g. ``{'beta': 1.0}`` for PA); ignored by NCC.
 
     Returns:
       ``(E,)`` float32 accuracies in ``[0, 1]``.
+
+    Raises:
+      ValueError: an unknown method or one that adapts the backbone, a learning-rate
+        mapping with other names than the method's, or features that are not 2-D.
     """
-    if method not in METHODS:
-        raise ValueError(f"episode_accuracy: method must be one of {METHODS}; found "
-                         f"{method!r}.")
+    entry = _feature_method(method, "episode_accuracy")
     features = _f32(features)
     if features.ndim != 2:
         raise ValueError(f"episode_accuracy: features must be a 2-D pool (N, d); found "
@@ -487,13 +606,14 @@ def episode_accuracy(features: ArrayLike, support: ArrayLike, support_labels: Ar
     return _episode_accuracy_jit(
         features, jnp.asarray(support, jnp.int32), jnp.asarray(support_labels, jnp.int32),
         jnp.asarray(query, jnp.int32), jnp.asarray(query_labels, jnp.int32),
-        jnp.asarray(steps, jnp.int32), jnp.asarray(learning_rate, jnp.float32),
-        method=method, ways=int(ways))
+        jnp.asarray(steps, jnp.int32),
+        _method_learning_rates(entry, learning_rate, "episode_accuracy"),
+        method=entry, ways=int(ways))
 
 
 def evaluate_episodes(features: ArrayLike, episodes: Episodes, method: str = "ncc",
-                      learning_rate: float = SEEN_PA_LR, steps: int = PA_STEPS,
-                      chunk: int = 50) -> np.ndarray:
+                      learning_rate: float | Mapping[str, float] = SEEN_PA_LR,
+                      steps: int = PA_STEPS, chunk: int = 50) -> np.ndarray:
     """Per-episode query accuracies of ``episodes`` on a pool of features (entry point).
 
     Runs :func:`episode_accuracy` on chunks of ``chunk`` episodes; the last chunk is
@@ -504,10 +624,15 @@ def evaluate_episodes(features: ArrayLike, episodes: Episodes, method: str = "nc
     Args:
       features: ``(N, d)`` float32 NumPy or JAX array; the episodes index its rows.
       episodes: from :func:`sample_episodes` (or built by hand).
-      method: ``'ncc'``, ``'pa'`` or ``'linear'``.
-      learning_rate: PA learning rate (:data:`SEEN_PA_LR` = 0.1 on training sources,
-        :data:`UNSEEN_PA_LR` = 1.0 on unseen domains); ignored for NCC.
-      steps: PA Adadelta steps (40); ignored for NCC.
+      method: a registered method that adapts features (:data:`METHODS`: ``'ncc'``,
+        ``'pa'``, ``'linear'``, ...); methods that adapt the backbone (``'tsa'``) are
+        refused.
+      learning_rate: the method's inner learning rate (PA: :data:`SEEN_PA_LR` = 0.1 on
+        training sources, :data:`UNSEEN_PA_LR` = 1.0 on unseen domains), or a mapping
+        naming each of its rates (:func:`episode_accuracy`); ignored for NCC. The
+        default is PA's seen rate whatever the method.
+      steps: the method's inner-loop steps (default: PA's 40, whatever the method);
+        ignored for NCC.
       chunk: episodes per compiled call.
 
     Returns:
@@ -515,7 +640,9 @@ def evaluate_episodes(features: ArrayLike, episodes: Episodes, method: str = "nc
 
     Raises:
       TypeError: ``episodes`` is not an :class:`Episodes`.
-      ValueError: unknown ``method``, bad ``chunk``, or indices outside the pool.
+      ValueError: an unknown ``method`` or one that adapts the backbone, a learning-rate
+        mapping that does not name the method's rates, bad ``chunk``, or indices outside
+        the pool.
     """
     if not isinstance(episodes, Episodes):
         raise TypeError(f"evaluate_episodes: episodes must be an Episodes batch (see "
@@ -523,9 +650,8 @@ def evaluate_episodes(features: ArrayLike, episodes: Episodes, method: str = "nc
     if int(chunk) != chunk or chunk < 1:
         raise ValueError(f"evaluate_episodes: chunk must be a positive integer; found "
                          f"{chunk!r}.")
-    if method not in METHODS:
-        raise ValueError(f"evaluate_episodes: method must be one of {METHODS}; found "
-                         f"{method!r}.")
+    entry = _feature_method(method, "evaluate_episodes")
+    _method_learning_rates(entry, learning_rate, "evaluate_episodes")  # refused before any work
     features = _f32(features)  # one host->device transfer for all chunks
     if features.ndim != 2:
         raise ValueError(f"evaluate_episodes: features must be a 2-D pool (N, d); found "

@@ -6,7 +6,9 @@ for each episode a classifier is built on the support set's features and scored 
 set; the result is the mean query accuracy with its 95% confidence interval, per source and
 averaged over the seen (training) sources, the unseen ones and all of them.
 
-Methods (:data:`METHODS`):
+Methods: every method of the registry :mod:`ur_jax.evaluation.methods` (:data:`METHODS`,
+read when accessed), with its default steps and its seen / unseen learning rates
+(:func:`learning_rates`):
 
 * ``'ncc'``: prototypes = class means of the support features; logits = 10 x cosine.
 * ``'pa'``: a linear map initialised to the identity fitted on the support set (Adadelta,
@@ -15,20 +17,22 @@ Methods (:data:`METHODS`):
 * ``'tsa'``: residual matrix adapters ``y = conv(x) + conv1x1_alpha(x)`` on every 3x3 conv of
   the backbone's blocks, ``alpha = 1e-4 x I`` at the start of every episode, plus PA
   (``beta``); both fitted together on the support set with Adadelta for 40 steps (alpha lr
-  0.05 seen / 0.5 unseen, beta lr 0.1 seen / 1 unseen), backbone frozen; then NCC.
+  0.05 seen / 0.5 unseen, beta lr 0.1 seen / 1 unseen), backbone frozen; then NCC
+  (:mod:`ur_jax.evaluation.tsa`).
 * ``'linear'``: a linear probe on the L2-normalised support features
   (:func:`ur_jax.evaluation.fewshot.linear_fit`).
 
-Speed. NCC, PA and the linear probe work on features: every image used by any episode of a
-source goes through the backbone once (fixed-size batches, one compilation), then the
-episodes index that pool. Episodes vary in ways, support size and query size, so they are
-padded to a few *buckets* (:data:`DEFAULT_BUCKETS`): the support to the smallest bucket that
-holds it, the query to the bucket of the largest query, the ways to the largest episode's;
-padded rows carry label -1 and are ignored, padded classes are never predicted. Six support
-buckets mean at most six compilations per method for any number of episodes. TSA runs the
-backbone on the images of each episode: its inner loop (40 forward and backward passes) is
-compiled once per support bucket, its query pass once; the next episode's images are read
-on a background thread while the device works.
+Speed. Methods that adapt features (NCC, PA, the linear probe) work on a pool: every image
+used by any episode of a source goes through the backbone once (fixed-size batches, one
+compilation), then the episodes index that pool. Episodes vary in ways, support size and
+query size, so they are padded to a few *buckets* (:data:`DEFAULT_BUCKETS`): the support to
+the smallest bucket that holds it, the query to the bucket of the largest query, the ways to
+the largest episode's; padded rows carry label -1 and are ignored, padded classes are never
+predicted. Six support buckets mean at most six compilations per method for any number of
+episodes. Methods that adapt the backbone (TSA) run it on the images of each episode: the
+inner loop (TSA: 40 forward and backward passes) is compiled once per support bucket, the
+query pass once; the next episode's images are read on a background thread while the
+device works.
 
 Example::
 
@@ -49,19 +53,16 @@ from typing import Any, ClassVar, Self
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 
 from ur_jax import adapters as adapters_lib
 from ur_jax import sharding
 from ur_jax.data.episodes import Episode
 from ur_jax.data.pipeline import Normalization
-from ur_jax.evaluation import fewshot
-from ur_jax.optim import adadelta
+from ur_jax.evaluation import fewshot, methods
 
 __all__ = [
     "DEFAULT_BUCKETS",
-    "LEARNING_RATES",
     "METHODS",
     "CompilationCounter",
     "EpisodeEvaluator",
@@ -75,27 +76,28 @@ __all__ = [
     "validation_accuracy",
 ]
 
-#: Few-shot classifiers.
-METHODS = ("ncc", "pa", "tsa", "linear")
 #: Support / query sizes episodes are padded to (the smallest that holds them; larger
 #: episodes go to the next power of two).
 DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
-#: Inner-loop learning rates (PAPER.md §3): ``{method: {'seen' | 'unseen': {name: lr}}}``.
-#: PA's ``beta`` and TSA's ``alpha`` / ``beta``; the linear probe's Adam rate.
-LEARNING_RATES = {
-    "ncc": {"seen": {}, "unseen": {}},
-    "pa": {"seen": {"beta": 0.1}, "unseen": {"beta": 1.0}},
-    "tsa": {"seen": {"alpha": 0.05, "beta": 0.1}, "unseen": {"alpha": 0.5, "beta": 1.0}},
-    "linear": {"seen": {"linear": fewshot.LINEAR_LR}, "unseen": {"linear": fewshot.LINEAR_LR}},
-}
-_STEPS = {"ncc": 0, "pa": fewshot.PA_STEPS, "tsa": fewshot.PA_STEPS,
-          "linear": fewshot.LINEAR_STEPS}
+
+
+def __getattr__(name: str) -> Any:
+    # ``METHODS``: every registered few-shot method (this protocol runs them all), read at
+    # access time (PEP 562) so that methods registered later are included.
+    if name == "METHODS":
+        return methods.method_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def learning_rates(method: str, seen: bool) -> dict[str, float]:
-    """The paper's inner-loop learning rates of ``method`` on a seen or unseen source."""
-    _check_method(method)
-    return dict(LEARNING_RATES[method]["seen" if seen else "unseen"])
+    """The default inner-loop learning rates ``{name: lr}`` of the registered ``method`` on
+    a seen or unseen source (PAPER.md §3: PA's ``beta`` 0.1 / 1, TSA's ``alpha`` 0.05 / 0.5
+    and ``beta`` 0.1 / 1, the linear probe's Adam rate 0.1; ``{}`` for NCC).
+
+    Raises:
+      ValueError: ``method`` is not registered (:func:`ur_jax.evaluation.methods.get_method`).
+    """
+    return methods.get_method(method).learning_rates(seen)
 
 
 def training_sources(heads: Sequence[tuple[str, int]] | Mapping[str, int],
@@ -109,7 +111,7 @@ def training_sources(heads: Sequence[tuple[str, int]] | Mapping[str, int],
     domain, named after it (a teacher's is renamed to its source when saved;
     ``python -m ur_jax.convert --domains`` names converted heads). A single head with
     another name (a converted teacher's default ``'teacher'``) is the training source whose
-    official number of training classes (:data:`~ur_jax.data.metadataset.CLASS_SPLITS`)
+    official number of training classes (:data:`~ur_jax.suites.metadataset.CLASS_SPLITS`)
     equals the head's size: those counts are distinct.
 
     Args:
@@ -123,7 +125,7 @@ def training_sources(heads: Sequence[tuple[str, int]] | Mapping[str, int],
       ValueError: a head that names no training source and cannot be identified; the
         message says how to name the sources (``config.fewshot.checkpoint_seen``).
     """
-    from ur_jax.data.metadataset.common import CLASS_SPLITS, TRAIN_SOURCES
+    from ur_jax.suites.metadataset.common import CLASS_SPLITS, TRAIN_SOURCES
 
     pairs = list(heads.items()) if isinstance(heads, Mapping) else [tuple(h) for h in heads]
     known = tuple(str(d) for d, _ in pairs if d in TRAIN_SOURCES)
@@ -143,11 +145,6 @@ def training_sources(heads: Sequence[tuple[str, int]] | Mapping[str, int],
         f"source of {list(TRAIN_SOURCES)}. Name them with "
         f"--config.fewshot.checkpoint_seen.{name}=omniglot,aircraft (the sources that get the "
         f"'seen' PA / TSA learning rates), or convert the model with --domains.")
-
-
-def _check_method(method: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"Unknown few-shot method {method!r}; expected one of {METHODS}.")
 
 
 def bucket_size(n: int, buckets: Sequence[int] = DEFAULT_BUCKETS) -> int:
@@ -243,8 +240,9 @@ class EpisodeEvaluator:
 
     Args:
       backbone: a Flax backbone returning a dict of features (``'pooled'`` is used), e.g.
-        ``model.backbone`` of a :class:`~ur_jax.models.heads.MultiHeadClassifier`. TSA needs
-        a backbone with a ``conv_adapter`` hook (:class:`ur_jax.models.ResNet`).
+        ``model.backbone`` of a :class:`~ur_jax.models.heads.MultiHeadClassifier`. Methods
+        that adapt the backbone (TSA) need a backbone they can attach adapters to (TSA: a
+        ``conv_adapter`` hook, :class:`ur_jax.models.ResNet`).
       variables: the backbone's ``{'params', 'batch_stats'}`` (inference mode).
       batch_size: images per feature-extraction call (a multiple of the device count).
       buckets: support / query padding sizes (:func:`bucket_size`).
@@ -269,13 +267,14 @@ class EpisodeEvaluator:
         self.variables = sharding.replicate(
             {c: v for c, v in variables.items() if c in ("params", "batch_stats")}, self.mesh)
         self.batch_size, self.buckets, self.chunk = int(batch_size), tuple(buckets), int(chunk)
-        self._tsa_start: Any = None
+        # {method entry: (adapted backbone, replicated initial adapters)}, built on first use.
+        self._adapted: dict[methods.FewShotMethod, tuple[Any, Any]] = {}
 
     # -- features -------------------------------------------------------------------------
 
     def features(self, source: Any, indices: np.ndarray) -> np.ndarray:
         """Backbone features of records ``indices`` of ``source`` (inference mode)."""
-        fn = _features_fn(self.backbone, self.feature)
+        fn = functools.partial(_features, self.backbone, self.feature)
         out = []
         for start in range(0, len(indices), self.batch_size):
             idx = indices[start:start + self.batch_size]
@@ -295,25 +294,38 @@ class EpisodeEvaluator:
 
         Args:
           source: random-access records ``{'image': uint8 (H, W, C), ...}`` the episodes
-            index (a split of :func:`ur_jax.data.metadataset.data_source`).
+            index (a split of :func:`ur_jax.suites.metadataset.data_source`).
           episodes: from :func:`ur_jax.data.episodes.sample_episodes`.
-          method: one of :data:`METHODS`.
+          method: a registered method (:data:`METHODS`: ``'ncc'``, ``'pa'``, ``'tsa'``,
+            ``'linear'``, ...).
           seen: whether the backbone was trained on this source (picks the learning rates,
             :func:`learning_rates`).
-          steps: inner-loop steps (default: 40 for PA and TSA, 100 for the probe).
-          lrs: overrides of :func:`learning_rates` (``{'beta': .., 'alpha': ..}``).
+          steps: inner-loop steps (default: the method's, 40 for PA and TSA, 100 for the
+            probe).
+          lrs: overrides of :func:`learning_rates` (``{'beta': .., 'alpha': ..}``); only
+            the method's own rates may be named.
           progress: called as ``progress(done, total)`` after each chunk / episode.
 
         Returns:
           ``(E,)`` float32 NumPy array.
+
+        Raises:
+          ValueError: an unknown method, no episodes, or ``lrs`` naming a rate the method
+            does not have.
         """
-        _check_method(method)
+        entry = methods.get_method(method)
         if not episodes:
             raise ValueError("EpisodeEvaluator.evaluate: no episodes given.")
-        rates = {**learning_rates(method, seen), **dict(lrs or {})}
-        steps = _STEPS[method] if steps is None else int(steps)
-        if method == "tsa":
-            return self._evaluate_tsa(source, episodes, steps, rates, progress)
+        rates = entry.learning_rates(seen)
+        unknown = sorted(set(lrs or {}) - set(rates))
+        if unknown:
+            raise ValueError(f"EpisodeEvaluator.evaluate: lrs names {unknown}, which method "
+                             f"{method!r} does not have; its learning rates are "
+                             f"{list(rates)}.")
+        rates.update(lrs or {})
+        steps = entry.steps if steps is None else int(steps)
+        if entry.adapts == "backbone":
+            return self._evaluate_adapted(source, episodes, entry, steps, rates, progress)
         return self._evaluate_features(source, episodes, method, steps, rates, progress)
 
     def _group(self, episodes: Sequence[Episode], rows: Callable[[np.ndarray], np.ndarray]
@@ -342,7 +354,6 @@ class EpisodeEvaluator:
         used = np.unique(np.concatenate([np.concatenate([e.support, e.query]) for e in episodes]))
         pool = self.features(source, used)
         groups, _, ways = self._group(episodes, lambda idx: np.searchsorted(used, idx))
-        lr = float(next(iter(rates.values()), 0.0))
         result = np.zeros(len(episodes), np.float32)
         done = 0
         for g in groups.values():
@@ -355,7 +366,7 @@ class EpisodeEvaluator:
                     arrays = [np.concatenate([a, np.repeat(a[:1], self.chunk - k, 0)])
                               for a in arrays]
                 acc = fewshot.episode_accuracy(pool, *arrays, method=method, ways=ways,
-                                               steps=steps, learning_rate=lr)
+                                               steps=steps, learning_rate=rates)
                 pending.append((g.positions[start:start + k], acc, k))
             for positions, acc, k in pending:
                 result[positions] = np.asarray(acc)[:k]
@@ -364,15 +375,19 @@ class EpisodeEvaluator:
                     progress(done, len(episodes))
         return result
 
-    def _tsa_adapters(self, images: np.ndarray) -> Any:
-        if self._tsa_start is None:
-            adapted = adapters_lib.attach(self.backbone, adapters_lib.tsa("residual", "matrix"))
+    def _adapted_start(self, method: methods.FewShotMethod, images: np.ndarray
+                       ) -> tuple[Any, Any]:
+        """``method``'s adapted backbone and its initial adapters (replicated), made once."""
+        if method not in self._adapted:
+            adapted = method.adapter(self.backbone)
             start = adapters_lib.init_adapters(adapted, jax.random.key(0), images[:1])
-            self._tsa_start = (adapted, sharding.replicate(start, self.mesh))
-        return self._tsa_start
+            self._adapted[method] = (adapted, sharding.replicate(start, self.mesh))
+        return self._adapted[method]
 
-    def _evaluate_tsa(self, source, episodes, steps, rates, progress):
+    def _evaluate_adapted(self, source, episodes, method, steps, rates, progress):
+        """A method that adapts the backbone: fitted on each episode's support images."""
         ways = max(e.ways for e in episodes)
+        lrs = {k: jnp.asarray(v, jnp.float32) for k, v in rates.items()}
         pending = []  # accuracies stay on the device; the host runs one episode ahead
 
         def load(e: Episode):
@@ -389,16 +404,15 @@ class EpisodeEvaluator:
                 s_img, s_lab, q_img, q_lab = nxt.result()
                 if i + 1 < len(episodes):
                     nxt = pool.submit(load, episodes[i + 1])  # overlaps with the device
-                adapted, start = self._tsa_adapters(s_img)
+                adapted, start = self._adapted_start(method, s_img)
                 shard = functools.partial(sharding.shard_batch, mesh=self.mesh)
-                alpha, beta, s_feat = _tsa_fit(
-                    adapted, self.feature, ways, self.variables, start, shard(s_img),
-                    shard(s_lab), jnp.asarray(steps, jnp.int32),
-                    jnp.asarray(rates["alpha"], jnp.float32),
-                    jnp.asarray(rates["beta"], jnp.float32))
-                q_feat = _adapted_features(adapted, self.feature, self.variables, alpha,
+                adapters, state, s_feat = _fit_adapted(
+                    method, adapted, self.feature, ways, self.variables, start, shard(s_img),
+                    shard(s_lab), jnp.asarray(steps, jnp.int32), lrs)
+                q_feat = _adapted_features(adapted, self.feature, self.variables, adapters,
                                            shard(q_img))
-                pending.append(_beta_ncc_accuracy(s_feat, s_lab, q_feat, q_lab, beta, ways))
+                pending.append(_adapted_accuracy(method, s_feat, s_lab, q_feat, q_lab, state,
+                                                 ways))
                 if len(pending) > 2:  # at most two episodes in flight: bounded device memory
                     pending[-3].block_until_ready()
                 if progress is not None:
@@ -406,59 +420,38 @@ class EpisodeEvaluator:
         return np.asarray(jax.device_get(pending), np.float32)
 
 
-@functools.cache
-def _features_fn(backbone: Any, feature: str):
-    @jax.jit
-    def features(variables, images):
-        return backbone.apply(variables, images, train=False)[feature].astype(jnp.float32)
-
-    return features
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _tsa_fit(adapted, feature, ways, variables, start, images, labels, steps, lr_alpha, lr_beta):
-    """TSA's inner loop on one support set: ``alpha`` (the conv adapters, from ``start``) and
-    ``beta`` (PA, from the identity) take ``steps`` Adadelta steps together on the NCC loss
-    of the support set on itself. Returns ``(alpha, beta, support features under alpha)``."""
-
-    def embed(alpha):
-        out = adapted.apply({**variables, "adapters": alpha}, images, train=False)
-        return out[feature].astype(jnp.float32)
-
-    def loss(alpha, beta):
-        return fewshot.pa_loss(beta, embed(alpha), labels, ways)
-
-    dim = jax.eval_shape(embed, start).shape[-1]
-    beta0 = jnp.eye(dim, dtype=jnp.float32)
-    tx_alpha, tx_beta = adadelta(lr_alpha), adadelta(lr_beta)
-    grad = jax.grad(loss, argnums=(0, 1))
-
-    def body(_, carry):
-        alpha, beta, s_alpha, s_beta = carry
-        g_alpha, g_beta = grad(alpha, beta)
-        u_alpha, s_alpha = tx_alpha.update(g_alpha, s_alpha, alpha)
-        u_beta, s_beta = tx_beta.update(g_beta, s_beta, beta)
-        return (optax.apply_updates(alpha, u_alpha), optax.apply_updates(beta, u_beta),
-                s_alpha, s_beta)
-
-    alpha, beta, _, _ = jax.lax.fori_loop(
-        0, steps, body, (start, beta0, tx_alpha.init(start), tx_beta.init(beta0)))
-    return alpha, beta, embed(alpha)
-
-
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _adapted_features(adapted, feature, variables, alpha, images):
-    out = adapted.apply({**variables, "adapters": alpha}, images, train=False)
+def _features(backbone: Any, feature: str, variables, images):
+    """The backbone's ``feature`` output for ``images`` (inference mode), float32; compiled
+    once per (backbone, feature, shapes) by jit's own cache (modules are hashable)."""
+    return backbone.apply(variables, images, train=False)[feature].astype(jnp.float32)
+
+
+def _embed(adapted, feature, variables, adapters, images):
+    """Features of the frozen backbone under ``adapters`` (inference mode), float32."""
+    out = adapted.apply({**variables, adapters_lib.ADAPTER_COLLECTION: adapters}, images,
+                        train=False)
     return out[feature].astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("ways",))
-def _beta_ncc_accuracy(s_feat, s_lab, q_feat, q_lab, beta, ways):
-    logits = fewshot.ncc_logits(fewshot.pa_transform(s_feat, beta), s_lab,
-                                fewshot.pa_transform(q_feat, beta), ways)
-    valid = (q_lab >= 0) & (q_lab < ways)
-    correct = (jnp.argmax(logits, -1) == q_lab) & valid
-    return jnp.sum(correct) / jnp.maximum(jnp.sum(valid), 1)
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _fit_adapted(method, adapted, feature, ways, variables, start, images, labels, steps, lrs):
+    """``method.fit`` on one support set, from the adapters ``start``. Returns ``(adapters,
+    state, support features under the fitted adapters)``."""
+    embed = functools.partial(_embed, adapted, feature, variables)
+    adapters, state = method.fit(embed, start, images, labels, ways, steps, lrs)
+    return adapters, state, embed(adapters, images)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _adapted_features(adapted, feature, variables, adapters, images):
+    return _embed(adapted, feature, variables, adapters, images)
+
+
+@functools.partial(jax.jit, static_argnames=("method", "ways"))
+def _adapted_accuracy(method, s_feat, s_lab, q_feat, q_lab, state, ways):
+    logits = method.logits(state, s_feat, s_lab, q_feat, ways)
+    return fewshot.query_accuracy(logits, s_lab, q_lab, ways)
 
 
 def validation_accuracy(backbone: Any, variables: Mapping[str, Any], sources: Mapping[str, Any],

@@ -53,7 +53,9 @@ def scaled_width(width: int, multiplier: float) -> int:
     return max(1, int(round(width * multiplier)))
 
 
-def _pad(kernel: int) -> tuple[tuple[int, int], tuple[int, int]]:
+def same_padding(kernel: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Explicit ``kernel // 2`` padding on both sides of H and W (PyTorch's
+    ``padding=kernel // 2``; with stride 2 it differs from flax's ``'SAME'``)."""
     p = kernel // 2
     return ((p, p), (p, p))
 
@@ -69,7 +71,7 @@ class BasicBlock(nn.Module):
     zero_init_residual: bool = False
 
     def _conv3x3(self, x, features, strides, name):
-        y = self.conv(features, (3, 3), (strides, strides), padding=_pad(3), name=name)(x)
+        y = self.conv(features, (3, 3), (strides, strides), padding=same_padding(3), name=name)(x)
         if self.conv_adapter is not None:
             y = self.conv_adapter(
                 in_features=x.shape[-1], out_features=features, strides=strides,
@@ -106,7 +108,7 @@ class Bottleneck(nn.Module):
         residual = x
         y = self.conv(self.features, (1, 1), padding="VALID", name="conv1")(x)
         y = nn.relu(self.norm(name="bn1")(y))
-        z = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=_pad(3),
+        z = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=same_padding(3),
                       name="conv2")(y)
         if self.conv_adapter is not None:
             z = self.conv_adapter(in_features=y.shape[-1], out_features=self.features,
@@ -171,7 +173,7 @@ class ResNet(nn.Module):
         x = jnp.asarray(x, self.dtype)
         stem_width = scaled_width(self.stage_widths[0], self.width)
         if self.stem == "imagenet":
-            x = conv(stem_width, (7, 7), (2, 2), padding=_pad(7), name="stem_conv")(x)
+            x = conv(stem_width, (7, 7), (2, 2), padding=same_padding(7), name="stem_conv")(x)
             x = nn.relu(norm(name="stem_bn")(x))
             x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         elif self.stem == "metadataset":

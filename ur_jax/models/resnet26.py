@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from ur_jax import adapters as adapters_lib
-from ur_jax.models.resnet import BatchNorm, _pad, conv_init, scaled_width
+from ur_jax.models.resnet import BatchNorm, conv_init, same_padding, scaled_width
 
 Array = Any
 ADAPTERS = ("none", "series", "parallel")
@@ -79,7 +79,7 @@ class _Parts(nn.Module):
     def conv_bn(self, x: Array, features: int, strides: int, name: str, bn_name: str,
                 domain: str | None) -> Array:
         """``bn(conv3x3(x))`` with the configured adapter around the conv."""
-        y = self.conv(features, (3, 3), (strides, strides), padding=_pad(3), name=name)(x)
+        y = self.conv(features, (3, 3), (strides, strides), padding=same_padding(3), name=name)(x)
         if self.adapter != "none":
             if self.adapter == "parallel":
                 make = functools.partial(adapters_lib.ResidualAdapter, x.shape[-1], features,

@@ -1,0 +1,96 @@
+"""The printed results tables of a run (the same numbers as ``results.json``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+#: The metrics printed per task, in the NYU-v2 table's order.
+TABLE_METRICS = {
+    "semantic": (("miou", "mIoU"), ("pixel_acc", "PixAcc")),
+    "depth": (("abs_err", "AbsErr"), ("rel_err", "RelErr")),
+    "normal": (("angle_mean", "Mean"), ("angle_median", "Median"), ("within_11_25", "<11.25"),
+               ("within_22_5", "<22.5"), ("within_30", "<30")),
+}
+
+
+def classification_table(results: Mapping[str, Any]) -> str:
+    """The printed results: per-domain accuracy of teachers / MDL / URL (with the decathlon
+    score and Delta_MDL when computed), and few-shot."""
+    domains = [d for d in results["config"]["domains"]]
+    rows = [(name, results[name]) for name in ("teachers", "mdl", "url") if results.get(name)]
+    width = max([8, *(len(d) for d in domains)])
+    split = {"test": "Test", "val": "Validation"}[results.get("evaluated_on", "test")]
+    if split == "Validation" and results["config"].get("train_split") == "train+val":
+        split += " (trained on: train_split=train+val)"
+    scores = results.get("scores") or {}
+    extra = f"{'score':>{9}}{'dMDL':>{8}}" if scores else ""
+    lines = [f"{split} accuracy (%)",
+             f"{'':<10}" + "".join(f"{d:>{width + 2}}" for d in domains) + f"{'mean':>{width + 2}}"
+             + extra] if rows else []
+    for name, res in rows:
+        cells = "".join(f"{res[d]['accuracy']:>{width + 2}.2f}" if d in res else f"{'-':>{width + 2}}"
+                        for d in domains)
+        tail = ""
+        if name in scores:
+            sc = scores[name]
+            tail = f"{sc['decathlon_score']:>9.0f}" + (f"{sc['delta_mdl']:>+8.2f}" if "delta_mdl" in sc
+                                                      else f"{'-':>8}")
+        lines.append(f"{name:<10}{cells}{res['mean']['accuracy']:>{width + 2}.2f}{tail}")
+    if scores:
+        lines.append("score: decathlon score (max 1000 per domain); dMDL: Delta_MDL (%) vs the "
+                     "run's teachers")
+    fs = results.get("fewshot")
+    if fs and fs.get("kind") == "episodic":
+        from ur_jax.suites.metadataset.common import SHORT_NAMES
+        from ur_jax.evaluation.metadataset import format_results
+
+        lines += ["" if lines else None, f"Few-shot accuracy (%), {fs['protocol']} episodes ({fs['episodes']} per "
+                      f"source), ± 95% CI; averages over seen / unseen / all sources",
+                  format_results(fs["rows"], fs["domains"], SHORT_NAMES)]
+        lines = [line for line in lines if line is not None]
+    elif fs:
+        p = fs["protocol"]
+        fdomains = results["config"]["fewshot"]["domains"]
+        lines += ["", f"Few-shot accuracy (%), {p['ways']}-way {p['shots']}-shot, "
+                      f"{p['episodes']} episodes, ± 95% CI"]
+        lines.append(f"{'':<10}" + "".join(f"{d:>{width + 10}}" for d in fdomains)
+                     + f"{'mean':>{width + 2}}")
+        for name, per_method in fs.items():
+            if name == "protocol":
+                continue
+            for method, res in per_method.items():
+                cells = "".join(f"{res[d]['accuracy']:>{width + 3}.2f} ± {res[d]['ci95']:<4.2f}"
+                                for d in fdomains)
+                lines.append(f"{name + ' ' + method:<10}{cells}"
+                             f"{res['mean']['accuracy']:>{width + 2}.2f}")
+    return "\n".join(lines)
+
+
+def dense_table(results: Mapping[str, Any]) -> str:
+    """The printed NYU-v2-style table: per model (STL, the MTL method, URL) the semantic,
+    depth and normal metrics and Delta_MTL."""
+    tasks = results["config"]["tasks"]
+    cols = [(t, key, label) for t in tasks for key, label in TABLE_METRICS[t]]
+    width = 9
+    groups = "".join(f"{t:^{width * len(TABLE_METRICS[t])}}" for t in tasks)
+    lines = [f"Test metrics ({results['config']['dataset']})",
+             f"{'':<14}{groups}{'Delta_MTL (%)':>16}",
+             f"{'':<14}" + "".join(f"{label:>{width}}" for _, _, label in cols)
+             + f"{'vs STL':>9}{'vs ref':>9}"]
+    rows = [("STL", results.get("stl"))]
+    if results.get("mtl"):
+        rows.append((results["mtl"].get("method", "mtl"), results["mtl"]))
+    rows.append(("URL", results.get("url")))
+    for name, res in rows:
+        if not res:
+            continue
+        cells = "".join(f"{res[t][k]:>{width}.{4 if t == 'depth' else 2}f}"
+                        if t in res and k in res[t] else f"{'-':>{width}}" for t, k, _ in cols)
+        delta = res.get("delta_mtl", {})
+        cells += "".join(f"{delta[k]:>+9.2f}" if k in delta else f"{'-':>9}"
+                         for k in ("stl", "reference"))
+        lines.append(f"{name:<14}{cells}")
+    lines.append("mIoU, PixAcc and <angle columns in %; depth errors in the dataset's units; "
+                 "angles in degrees.")
+    return "\n".join(lines)
