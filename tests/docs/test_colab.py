@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from absl import logging  # noqa: E402
 from matplotlib.container import BarContainer  # noqa: E402
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "colabs" / "quickstart.ipynb"
 
 

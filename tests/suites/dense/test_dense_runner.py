@@ -32,7 +32,7 @@ def _run(config, workdir, **kwargs):
     return run_lib.run(config, workdir, cache=_CACHE, **kwargs)
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))
 SHAPE = (16, 32)  # the smoke SegNet has two levels: sides must be multiples of 4
 
 

@@ -130,7 +130,7 @@ def test_second_build_is_identical(arrays: Arrays, tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONHASHSEED="12345")
     subprocess.run([sys.executable, "-c",
                     f"from ur_jax.suites import embedded; embedded.prepare({str(other)!r})"],
-                   check=True, env=env, cwd=Path(__file__).parent.parent)
+                   check=True, env=env, cwd=Path(__file__).resolve().parents[3])
     again = _read(str(other))
     for key, (images, labels) in arrays.items():
         np.testing.assert_array_equal(again[key][1], labels, err_msg=str(key))

@@ -2,6 +2,7 @@
 runs end to end through the one runner (teachers, MDL, URL, few-shot, results.json)."""
 
 import json
+import pathlib
 
 import numpy as np
 
@@ -9,7 +10,7 @@ from ur_jax import run as run_lib
 from ur_jax.configs import load_config
 from ur_jax.data import registry
 
-CONFIG = "configs/default.py:smoke"
+CONFIG = str(pathlib.Path(__file__).resolve().parents[2] / "configs" / "default.py") + ":smoke"
 SHAPE = (32, 32, 3)
 
 

@@ -27,7 +27,7 @@ def _run(config, workdir, **kwargs):
     return run_lib.run(config, workdir, cache=_CACHE, **kwargs)
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 
 def _load_config(arg="smoke", **overrides):

@@ -29,7 +29,7 @@ def _run_config(config, workdir, **kwargs):
     return run_lib.run(config, workdir, cache=_CACHE, **kwargs)
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))
 
 
 def _config(name, arg="smoke", **overrides):

@@ -23,7 +23,7 @@ def _run(config, workdir, **kwargs):
     return run_lib.run(config, workdir, cache=_CACHE, **kwargs)
 
 
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "..", "configs")
 
 
 def _config(name, arg, records, data):
