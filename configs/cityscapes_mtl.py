@@ -26,14 +26,15 @@ depth abs err) against this run's own STL row. Not yet run here (no GPU).
 
 from __future__ import annotations
 
+from ur_jax.config import parse_arg
 from ur_jax.suites.dense import recipe as dense_config
 
 
 def get_config(arg: str | None = None):
     """``arg``: a method name (default ``uniform``), optionally followed by ``,smoke``."""
-    method, smoke = dense_config.parse_args(
-        arg, dense_config.MTL_STAGE_METHODS, "cityscapes_mtl.py", default="uniform")
+    method, flags = parse_arg(arg, "cityscapes_mtl.py", dense_config.MTL_STAGE_METHODS,
+                              default="uniform")
     c = dense_config.base("cityscapes7")
     c.stages = ("stl", "mtl")
     c.mtl.method = method
-    return dense_config.shrink_to_smoke(c) if smoke else c
+    return dense_config.shrink_to_smoke(c) if "smoke" in flags else c

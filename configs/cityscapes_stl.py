@@ -25,14 +25,15 @@ Not yet run here (no GPU).
 
 from __future__ import annotations
 
+from ur_jax.config import parse_arg
 from ur_jax.suites.dense import recipe as dense_config
 
 
 def get_config(arg: str | None = None):
     """``arg``: ``semantic`` or ``depth``, optionally followed by ``,smoke``."""
-    task, smoke = dense_config.parse_args(arg, ("semantic", "depth"), "cityscapes_stl.py")
+    task, flags = parse_arg(arg, "cityscapes_stl.py", ("semantic", "depth"), required=True)
     c = dense_config.base("cityscapes7")
     c.tasks = (task,)
     c.stages = ("stl",)
     c.teachers.checkpoints = {task: ""}
-    return dense_config.shrink_to_smoke(c) if smoke else c
+    return dense_config.shrink_to_smoke(c) if "smoke" in flags else c

@@ -19,12 +19,13 @@ run's own STL row, which URL should beat as on NYU-v2. Not yet run here (no GPU)
 
 from __future__ import annotations
 
+from ur_jax.config import parse_arg
 from ur_jax.suites.dense import recipe as dense_config
 
 
 def get_config(arg: str | None = None):
     """``arg``: nothing, or ``smoke``."""
-    _, smoke = dense_config.parse_args(arg, None, "cityscapes_url.py")
+    _, flags = parse_arg(arg, "cityscapes_url.py")
     c = dense_config.base("cityscapes7")
     c.stages = ("stl", "url")
-    return dense_config.shrink_to_smoke(c) if smoke else c
+    return dense_config.shrink_to_smoke(c) if "smoke" in flags else c

@@ -35,11 +35,12 @@ train split only, with model selection).
 
 from __future__ import annotations
 
+from ur_jax.config import parse_arg
 from ur_jax.suites.decathlon import recipe as decathlon_config
 
 
 def get_config(arg: str | None = None):
     """MDL with ``arg`` adapters (none, ``'parallel'`` or ``'series'``)."""
-    adapter, smoke = decathlon_config.parse_args(arg, "decathlon_mdl.py", ("parallel", "series"))
+    adapter, flags = parse_arg(arg, "decathlon_mdl.py", ("parallel", "series"))
     c = decathlon_config.base(("teachers", "mdl"), adapter or "none")
-    return decathlon_config.shrink_to_smoke(c) if smoke else c
+    return decathlon_config.shrink_to_smoke(c) if "smoke" in flags else c

@@ -39,16 +39,17 @@ with model selection):
 
 from __future__ import annotations
 
+from ur_jax.config import parse_arg
 from ur_jax.suites.decathlon import recipe as decathlon_config
 
 
 def get_config(arg: str | None = None):
     """SDL teachers for every domain, or for ``arg`` (a domain, with ImageNet first)."""
-    domain, smoke = decathlon_config.parse_args(arg, "decathlon_sdl.py", decathlon_config.DOMAINS)
+    domain, flags = parse_arg(arg, "decathlon_sdl.py", decathlon_config.DOMAINS)
     c = decathlon_config.base(("teachers",))
     if domain is not None:
         c.domains = tuple(dict.fromkeys(("imagenet12", domain)))
-    if smoke:
+    if "smoke" in flags:
         keep = c.domains if domain is not None else None
         c = decathlon_config.shrink_to_smoke(c)
         if keep is not None:

@@ -32,11 +32,12 @@ model selection).
 
 from __future__ import annotations
 
+from ur_jax.config import parse_arg
 from ur_jax.suites.decathlon import recipe as decathlon_config
 
 
 def get_config(arg: str | None = None):
     """URL on the Decathlon (``arg``: nothing or ``'smoke'``)."""
-    _, smoke = decathlon_config.parse_args(arg, "decathlon_url.py")
+    _, flags = parse_arg(arg, "decathlon_url.py")
     c = decathlon_config.base(("teachers", "url"))
-    return decathlon_config.shrink_to_smoke(c) if smoke else c
+    return decathlon_config.shrink_to_smoke(c) if "smoke" in flags else c

@@ -66,54 +66,45 @@ from __future__ import annotations
 
 import ml_collections
 
+from ur_jax import config as config_lib
+
 TRAIN_DOMAINS = ("digits", "shapes", "textures", "glyphs")
 FEWSHOT_DOMAINS = ("glyphs_novel", "symbols")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """The default config; ``arg='smoke'`` shrinks it to a seconds-long run."""
-    if arg not in (None, "", "smoke", "tune"):
-        raise ValueError(f"configs/default.py takes no argument, 'smoke' or 'tune'; found {arg!r}.")
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.dataset = "embedded"
+    """The default config; ``arg``: nothing, ``'tune'`` (the learning-rate search of the
+    docstring) and / or ``'smoke'`` (a seconds-long run)."""
+    choice, flags = config_lib.parse_arg(arg, "default.py", ("tune",))
+    c = config_lib.classification_defaults(seed=0, dataset="embedded", domains=TRAIN_DOMAINS,
+                                           stages=("teachers", "mdl", "url", "fewshot"))
     c.data_dir = ""  # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
-    c.domains = TRAIN_DOMAINS
-    c.stages = ("teachers", "mdl", "url", "fewshot")
     # The Meta-Dataset ResNet-18 (5x5/2 stem, no max-pool: 15x15 maps after the stem), 1/8
     # wide (8..64 channels, 64-d features): the best accuracy per CPU-second we measured.
-    c.model = ml_collections.ConfigDict({"backbone": "resnet18_metadataset",
-                                         "kwargs": {"width": 0.125}})
+    c.model = config_lib.classifier_model(backbone="resnet18_metadataset",
+                                          kwargs={"width": 0.125})
     c.augment = "crop"  # random 2-pixel translations
     # Parameter-initialisation PRNG: 'rbg' compiles ~4x faster than 'threefry2x32' on CPU,
     # where compilation is much of a short run; results are deterministic either way.
     c.init_rng_impl = "rbg"
     c.teacher_mode = "auto"  # how stacked teachers run: vmap on GPU/TPU, lax.map on CPU
 
-    def sgd_stage(steps: int, batch_size: int) -> ml_collections.ConfigDict:
-        return ml_collections.ConfigDict({
-            "steps": steps, "batch_size": batch_size, "learning_rate": 0.05, "momentum": 0.9,
-            "weight_decay": 5e-4, "warmup_steps": 20})
-
-    c.teachers = sgd_stage(steps=700, batch_size=32)
+    sgd = {"steps": 700, "batch_size": 32, "learning_rate": 0.05, "momentum": 0.9,
+           "weight_decay": 5e-4, "warmup_steps": 20}
     # Reuse trained teachers instead: --config.teachers.checkpoints.digits=DIR/teachers/digits/model
-    c.teachers.checkpoints = {d: "" for d in TRAIN_DOMAINS}
-    c.mdl = sgd_stage(steps=700, batch_size=32)  # per domain and step; the student's budget
-    c.url = sgd_stage(steps=700, batch_size=32)
+    c.teachers = config_lib.teacher_stage(**sgd, checkpoints={d: "" for d in TRAIN_DOMAINS})
+    c.mdl = config_lib.student_stage(**sgd)  # per domain and step; the student's budget
+    c.url = config_lib.url_stage(
+        **sgd, adapter="linear", adapter_learning_rate=0.1, adapter_weight_decay=5e-4,
+        feature_loss="kernel_cka", temperature=4.0, lambda_f={"default": 1.0},
+        lambda_p={"default": 1.0},
+        anneal=True,  # distillation weights decay linearly to 0 over anneal_steps
+        anneal_steps=0)  # 0 = url.steps
     # The students' learning rate, chosen for each the same way: the grid {0.005, 0.01,
     # 0.02, 0.04} on a validation split carved from train (':tune', seeds 0-2; results in
     # the docstring). 0.01 is the best of the grid for MDL and for URL alike.
     c.mdl.learning_rate = 0.01
     c.url.learning_rate = 0.01
-    c.url.adapter = "linear"
-    c.url.adapter_learning_rate = 0.1
-    c.url.adapter_weight_decay = 5e-4
-    c.url.feature_loss = "kernel_cka"
-    c.url.temperature = 4.0
-    c.url.lambda_f = {"default": 1.0}
-    c.url.lambda_p = {"default": 1.0}
-    c.url.anneal = True  # distillation weights decay linearly to 0 over anneal_steps
-    c.url.anneal_steps = 0  # 0 = url.steps
 
     c.eval_batch_size = 256
     c.eval_limit = 0  # 0 = the whole test split
@@ -121,22 +112,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # validation split, and report every table on it (evaluate_on='val'), never on test.
     c.holdout_per_class = 0
     c.evaluate_on = "test"
-    c.fewshot = ml_collections.ConfigDict({
-        "domains": FEWSHOT_DOMAINS, "models": ("mdl", "url"), "methods": ("ncc", "pa"),
-        "ways": 5, "shots": 5, "queries": 15, "episodes": 600, "pa_steps": 40,
+    c.fewshot = config_lib.fixed_shape_fewshot(
+        domains=FEWSHOT_DOMAINS, models=("mdl", "url"), methods=("ncc", "pa"),
+        ways=5, shots=5, queries=15, episodes=600, pa_steps=40,
         # PA's Adadelta learning rate: 0.1 on seen domains, 1 on unseen ones (the paper's rule)
-        "pa_learning_rate": {"glyphs_novel": 0.1, "symbols": 1.0}})
+        pa_learning_rate={"glyphs_novel": 0.1, "symbols": 1.0})
 
     c.log_every = 50
     c.checkpoint_every = 100
     c.keep_checkpoints = 2
     c.data_threads = 2
 
-    if arg == "tune":  # the learning-rate search of the docstring: validation only
+    if choice == "tune":  # the learning-rate search of the docstring: validation only
         c.stages = ("teachers", "mdl", "url")
         c.holdout_per_class = 50  # 500 of each domain's 2000 training images
         c.evaluate_on = "val"
-    if arg == "smoke":
+    if "smoke" in flags:
         c.domains = ("digits", "shapes")
         for stage, n in (("teachers", 4), ("mdl", 6), ("url", 6)):
             c[stage].steps = n

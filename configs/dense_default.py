@@ -40,12 +40,13 @@ Seconds-long version of the same pipeline (a two-level SegNet, 2 steps per stage
 
 from __future__ import annotations
 
+from ur_jax.config import parse_arg
 from ur_jax.suites.dense import recipe as dense_config
 
 
 def get_config(arg: str | None = None):
     """``arg``: nothing, or ``smoke``."""
-    _, smoke = dense_config.parse_args(arg, None, "dense_default.py")
+    _, flags = parse_arg(arg, "dense_default.py")
     c = dense_config.base("scenes")
     c.stages = ("stl", "mtl", "url")
     c.model.kwargs.width = 1 / 8  # 8..64 channels
@@ -62,7 +63,7 @@ def get_config(arg: str | None = None):
     c.eval_batch_size = 50
     c.log_every = 50
     c.checkpoint_every = 200
-    if smoke:
+    if "smoke" in flags:
         c.scenes_config = "tiny"
         dense_config.shrink_to_smoke(c)
     return c

@@ -34,6 +34,8 @@ Not yet reproduced here: no GPU run has been made.
 
 from __future__ import annotations
 
+from ur_jax.config import parse_arg
+from ur_jax.data.episodes import PROTOCOLS
 from ur_jax.suites.metadataset import recipe as metadataset_config
 
 #: Row names a saved model can take on the command line (--config.fewshot.checkpoints.<name>).
@@ -42,11 +44,11 @@ ROWS = ("model", "url", "mdl", "sdl")
 
 def get_config(arg: str | None = None):
     """Few-shot evaluation of saved models (``arg``: ``'[protocol][,smoke]'``)."""
-    protocol, smoke = metadataset_config.protocol_arg(arg, "metadataset_eval.py")
+    protocol, flags = parse_arg(arg, "metadataset_eval.py", PROTOCOLS, default="standard")
     c = metadataset_config.base(("fewshot",), domains=())
     c.fewshot.protocol = protocol
     c.fewshot.methods = ("ncc", "pa", "tsa")
     c.fewshot.models = ()
     c.fewshot.checkpoints = {name: "" for name in ROWS}
     c.fewshot.checkpoint_seen = {name: "" for name in ROWS}  # '' = from the model's heads
-    return metadataset_config.shrink_to_smoke(c) if smoke else c
+    return metadataset_config.shrink_to_smoke(c) if "smoke" in flags else c

@@ -23,12 +23,13 @@ been made.
 
 from __future__ import annotations
 
+from ur_jax.config import parse_arg
 from ur_jax.suites.metadataset import recipe as metadataset_config
 
 
 def get_config(arg: str | None = None):
     """MDL on Meta-Dataset (``arg``: nothing or ``'smoke'``)."""
-    _, smoke = metadataset_config.parse_args(arg, "metadataset_mdl.py")
+    _, flags = parse_arg(arg, "metadataset_mdl.py")
     c = metadataset_config.base(("mdl", "fewshot"))
     c.fewshot.models = ("mdl",)
-    return metadataset_config.shrink_to_smoke(c) if smoke else c
+    return metadataset_config.shrink_to_smoke(c) if "smoke" in flags else c

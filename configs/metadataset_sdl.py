@@ -28,16 +28,14 @@ seconds-long run on a fake records directory
 
 from __future__ import annotations
 
+from ur_jax.config import parse_arg
 from ur_jax.suites.metadataset import recipe as metadataset_config
 from ur_jax.suites.metadataset.common import TRAIN_SOURCES
 
 
 def get_config(arg: str | None = None):
     """The SDL teacher of one source (``arg``: ``'<source>[,smoke]'``)."""
-    source, smoke = metadataset_config.parse_args(arg, "metadataset_sdl.py", TRAIN_SOURCES)
-    if source is None:
-        raise ValueError(f"metadataset_sdl.py needs a training source as its argument "
-                         f"(configs/metadataset_sdl.py:omniglot); one of {TRAIN_SOURCES}.")
+    source, flags = parse_arg(arg, "metadataset_sdl.py", TRAIN_SOURCES, required=True)
     c = metadataset_config.base(("teachers", "fewshot"), domains=(source,))
     c.fewshot.models = ("teachers",)
-    return metadataset_config.shrink_to_smoke(c) if smoke else c
+    return metadataset_config.shrink_to_smoke(c) if "smoke" in flags else c

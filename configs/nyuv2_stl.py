@@ -27,14 +27,15 @@ path on a tiny SegNet, used by the tests on fake data.
 
 from __future__ import annotations
 
+from ur_jax.config import parse_arg
 from ur_jax.suites.dense import recipe as dense_config
 
 
 def get_config(arg: str | None = None):
     """``arg``: ``semantic``, ``depth`` or ``normal``, optionally followed by ``,smoke``."""
-    task, smoke = dense_config.parse_args(arg, ("semantic", "depth", "normal"), "nyuv2_stl.py")
+    task, flags = parse_arg(arg, "nyuv2_stl.py", ("semantic", "depth", "normal"), required=True)
     c = dense_config.base("nyuv2")
     c.tasks = (task,)
     c.stages = ("stl",)
     c.teachers.checkpoints = {task: ""}
-    return dense_config.shrink_to_smoke(c, batch_size=8) if smoke else c
+    return dense_config.shrink_to_smoke(c, batch_size=8) if "smoke" in flags else c

@@ -29,12 +29,13 @@ lr 1e-1: --config.url.adapter_learning_rate=0.1.
 
 from __future__ import annotations
 
+from ur_jax.config import parse_arg
 from ur_jax.suites.dense import recipe as dense_config
 
 
 def get_config(arg: str | None = None):
     """``arg``: nothing, or ``smoke``."""
-    _, smoke = dense_config.parse_args(arg, None, "nyuv2_url.py")
+    _, flags = parse_arg(arg, "nyuv2_url.py")
     c = dense_config.base("nyuv2")
     c.stages = ("stl", "url")
-    return dense_config.shrink_to_smoke(c) if smoke else c
+    return dense_config.shrink_to_smoke(c) if "smoke" in flags else c

@@ -3,8 +3,9 @@
 Runs the stages the config names (:func:`ur_jax.run.run`; the stages are in
 :mod:`ur_jax.stages`), resuming whatever ``DIR``
 already holds of the same config, and writes ``DIR/results.json``. Any config value can
-be overridden: ``--config.seed=1``, ``--config.url.steps=2000``. ``--overwrite``
-replaces a run of a different config in ``DIR``.
+be overridden: ``--config.seed=1``, ``--config.url.steps=2000``; a tuple of names takes
+comma-separated names (``--config.fewshot.methods=ncc,pa``). ``--overwrite`` replaces a run of
+a different config in ``DIR``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def parse_flags(argv: list[str]) -> list[str]:
         keys = [_config_key(a) for a in argv if a.startswith("--config.")]
         bad = next((k for k in keys if k.split(".")[-1] == name), name)
         print(f"error: the config has no key {bad!r} (--config.{bad}). {hint}\n"
-              f"Its keys are those set in the config file's get_config().", file=sys.stderr)
+              f"Its keys are declared in ur_jax/config/blocks.py (every config) and by the config "
+              f"file or its suite's recipe (ur_jax/suites/<suite>/recipe.py).", file=sys.stderr)
         sys.exit(2)
     except flags.Error as e:
         print(f"error: {e}\nPass --help for usage.", file=sys.stderr)
@@ -51,9 +53,12 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     from ur_jax import run  # after flag parsing: JAX reads its flags at import
+    from ur_jax.config import split_names
 
+    config = _CONFIG.value
+    split_names(config)  # --config.fewshot.methods=pa,tsa -> ('pa', 'tsa')
     try:
-        run.run(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+        run.run(config, _WORKDIR.value, overwrite=_OVERWRITE.value)
     except (run.WorkdirError, FileNotFoundError, ValueError) as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)

@@ -296,7 +296,10 @@ class ReportProgress:
     it resumed). A report logs ``[name] 12.3 steps/s, 40.0% (400/1000), ETA: 1m`` and writes
     the scalars ``steps_per_sec`` (steps since the previous report over the seconds since
     then) and ``uptime`` (seconds since this object was made) at ``step``, the tags clu's
-    ``ReportProgress`` wrote.
+    ``ReportProgress`` wrote, prefixed ``<name>/`` when ``name`` is given (so that the
+    stages of one run do not overwrite each other's values). It replaces clu's
+    ``periodic_actions.ReportProgress``, which imports ``clu.metric_writers`` and so
+    TensorFlow.
 
     Args:
       num_train_steps: the step training ends at (> 0).
@@ -337,8 +340,9 @@ class ReportProgress:
                      100.0 * step / self.num_train_steps, step, self.num_train_steps,
                      format_duration(eta))
         if self.writer is not None:
-            self.writer.write_scalars(step, {"steps_per_sec": steps_per_sec,
-                                             "uptime": time.monotonic() - self._t0})
+            prefix = f"{self.name}/" if self.name else ""  # stages must not share a tag
+            self.writer.write_scalars(step, {f"{prefix}steps_per_sec": steps_per_sec,
+                                             f"{prefix}uptime": time.monotonic() - self._t0})
         self._previous = (step, t)
         return True
 

@@ -104,9 +104,10 @@ def test_report_progress_writes_steps_per_sec_at_the_right_steps(tmp_path, absl_
         reported = [step for step in range(3, 26) if report(step, t=2.0 * step)]
     assert reported == [10, 20, 25]
     scalars = writers.read_scalars(logdir)
-    assert [s for s, _ in scalars["steps_per_sec"]] == [10, 20, 25]
-    np.testing.assert_allclose([v for _, v in scalars["steps_per_sec"]], [0.5, 0.5, 0.5])
-    assert [s for s, _ in scalars["uptime"]] == [10, 20, 25]
+    assert "steps_per_sec" not in scalars  # tagged per stage: stages do not collide
+    assert [s for s, _ in scalars["url/steps_per_sec"]] == [10, 20, 25]
+    np.testing.assert_allclose([v for _, v in scalars["url/steps_per_sec"]], [0.5, 0.5, 0.5])
+    assert [s for s, _ in scalars["url/uptime"]] == [10, 20, 25]
     lines = [r.getMessage() for r in absl_info.records]
     # 5 steps left at 0.5 steps/s: 10 s, shown in whole minutes as clu did.
     assert "[url] 0.5 steps/s, 80.0% (20/25), ETA: 0m" in lines

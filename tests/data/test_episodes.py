@@ -11,6 +11,8 @@ import math
 import numpy as np
 import pytest
 
+from ur_jax.data.episodes import EpisodeError
+
 from ur_jax.data.episodes import (
     PROTOCOLS,
     Episode,
@@ -25,7 +27,6 @@ from ur_jax.data.episodes import (
     support_set_size,
     support_sizes,
 )
-from ur_jax.suites.metadataset.common import MetaDatasetError
 
 LOG_HALF, LOG_TWO = math.log(0.5), math.log(2.0)
 
@@ -202,9 +203,9 @@ def test_support_helpers_hand_values():
     assert num_query([400, 300], config) == 10
     assert num_query([12, 40], EpisodeConfig(shots=5)) == 7
     assert num_query([12, 40], EpisodeConfig(queries=4)) == 4
-    with pytest.raises(MetaDatasetError, match="max_support"):
+    with pytest.raises(EpisodeError, match="max_support"):
         support_set_size([20] * 7, 10, 0.5, EpisodeConfig(max_support=6))
-    with pytest.raises(MetaDatasetError, match="none left"):
+    with pytest.raises(EpisodeError, match="none left"):
         support_sizes([20, 10], 10, 0.5, [0.0, 0.0], config)
 
 
@@ -358,7 +359,7 @@ def test_omniglot_alphabets(omniglot_spec):
 def test_fixed_ways_and_hierarchy(omniglot_spec, dag_spec):
     spec, alphabets = omniglot_spec
     for s in (spec, dag_spec[0]):
-        with pytest.raises(MetaDatasetError, match="incompatible"):
+        with pytest.raises(EpisodeError, match="incompatible"):
             sample_episodes(s, 1, EpisodeConfig(ways=5))
     # ignore_hierarchy samples the split as a flat one: alphabets get mixed.
     episodes = sample_episodes(spec, 50, EpisodeConfig(ways=10, ignore_hierarchy=True))
@@ -412,33 +413,33 @@ def test_shapes_and_describe():
 # -- errors -------------------------------------------------------------------------------------
 
 def test_errors():
-    with pytest.raises(MetaDatasetError, match="fewer than min_ways"):
+    with pytest.raises(EpisodeError, match="fewer than min_ways"):
         sample_episodes(make_spec([20] * 4), 1)
-    with pytest.raises(MetaDatasetError, match="fewer than ways"):
+    with pytest.raises(EpisodeError, match="fewer than ways"):
         sample_episodes(make_spec([20] * 8), 1, EpisodeConfig(ways=9))
-    with pytest.raises(MetaDatasetError, match="at least 2"):
+    with pytest.raises(EpisodeError, match="at least 2"):
         sample_episodes(make_spec([20] * 6 + [1]), 1)
-    with pytest.raises(MetaDatasetError, match="at least 16"):
+    with pytest.raises(EpisodeError, match="at least 16"):
         sample_episodes(make_spec([20] * 6 + [14]), 1, EpisodeConfig(shots=5, queries=11))
-    with pytest.raises(MetaDatasetError, match="at least 6"):
+    with pytest.raises(EpisodeError, match="at least 6"):
         sample_episodes(make_spec([20] * 6 + [5]), 1, "varying_way_five_shot")
-    with pytest.raises(MetaDatasetError, match="max_support"):
+    with pytest.raises(EpisodeError, match="max_support"):
         sample_episodes(make_spec([20] * 6), 1, EpisodeConfig(max_support=4))
-    with pytest.raises(MetaDatasetError, match="only 6 classes"):
+    with pytest.raises(EpisodeError, match="only 6 classes"):
         make_spec([20] * 6, superclasses=([0, 1, 2], [3, 4, 6]))
-    with pytest.raises(MetaDatasetError, match="only 6 classes"):
+    with pytest.raises(EpisodeError, match="only 6 classes"):
         make_spec([20] * 6, hierarchy=([0, 1, 2, 3, 4, 5, 6],))
-    with pytest.raises(MetaDatasetError, match="more than once"):
+    with pytest.raises(EpisodeError, match="more than once"):
         make_spec([20] * 6, hierarchy=([0, 1, 2, 3, 3],))
-    with pytest.raises(MetaDatasetError, match="both"):
+    with pytest.raises(EpisodeError, match="both"):
         make_spec([20] * 6, hierarchy=([0, 1, 2, 3, 4],), superclasses=([0, 1, 2, 3, 4, 5],))
-    with pytest.raises(MetaDatasetError, match="integer"):
+    with pytest.raises(EpisodeError, match="integer"):
         SplitSpec("x", (np.arange(3.0),))
-    with pytest.raises(MetaDatasetError, match="1-D"):
+    with pytest.raises(EpisodeError, match="1-D"):
         SplitSpec("x", (np.zeros((2, 2), int),))
-    with pytest.raises(MetaDatasetError, match="min_ways"):
+    with pytest.raises(EpisodeError, match="min_ways"):
         sample_episodes(make_spec([20] * 9, superclasses=([0, 1, 2, 3, 4], [5, 6, 7, 8])), 1)
-    with pytest.raises(MetaDatasetError, match="No node"):
+    with pytest.raises(EpisodeError, match="No node"):
         sample_episodes(make_spec([20] * 9, hierarchy=([0, 1], np.arange(9))), 1,
                         EpisodeConfig(max_spanning_leaves=8))
     with pytest.raises(ValueError, match="min_ways"):

@@ -9,7 +9,7 @@ import shlex
 
 import pytest
 
-from ur_jax.configs import load_config
+from ur_jax.config import load_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", ROOT / "configs" / "README.md", *sorted((ROOT / "configs").glob("*.py"))]

@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 
 from ur_jax import run as run_lib
-from ur_jax.configs import load_config
+from ur_jax.config import load_config
 from ur_jax.data import registry
 
 CONFIG = str(pathlib.Path(__file__).resolve().parents[2] / "configs" / "default.py") + ":smoke"

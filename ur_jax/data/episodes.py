@@ -80,7 +80,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ur_jax.suites.metadataset.common import MetaDatasetError
+
+class EpisodeError(ValueError):
+    """An episode cannot be sampled as asked (a split with too few classes or images, bad
+    protocol values): says what was expected, what was found and how to fix it.
+    Meta-Dataset's :class:`ur_jax.suites.metadataset.common.MetaDatasetError` derives from it."""
+
 
 __all__ = [
     "MAX_SPANNING_LEAVES",
@@ -106,18 +111,18 @@ PROTOCOLS = ("standard", "five_way_one_shot", "varying_way_five_shot")
 
 
 def _as_index_array(value, what: str) -> np.ndarray:
-    """``value`` as a 1-D int64 array of non-negative integers, or a MetaDatasetError."""
+    """``value`` as a 1-D int64 array of non-negative integers, or a EpisodeError."""
     arr = np.asarray(value)
     if arr.ndim != 1:
-        raise MetaDatasetError(f"{what} must be a 1-D array of integer indices; found shape "
+        raise EpisodeError(f"{what} must be a 1-D array of integer indices; found shape "
                                f"{arr.shape}. Pass one flat index array per group.")
     if arr.size == 0:
         return np.zeros((0,), np.int64)
     if arr.dtype.kind not in "iu":
-        raise MetaDatasetError(f"{what} must hold integer indices; found dtype {arr.dtype}. "
+        raise EpisodeError(f"{what} must hold integer indices; found dtype {arr.dtype}. "
                                f"Convert it with np.asarray(..., np.int64).")
     if arr.min() < 0:
-        raise MetaDatasetError(f"{what} must hold non-negative indices; found {arr.min()}.")
+        raise EpisodeError(f"{what} must hold non-negative indices; found {arr.min()}.")
     return arr.astype(np.int64, copy=False)
 
 
@@ -130,13 +135,13 @@ def _class_groups(groups, num_classes: int, what: str) -> tuple[np.ndarray, ...]
     for i, group in enumerate(groups):
         arr = _as_index_array(group, f"SplitSpec.{what}[{i}]")
         if arr.size and arr.max() >= num_classes:
-            raise MetaDatasetError(
+            raise EpisodeError(
                 f"SplitSpec.{what}[{i}] holds class index {int(arr.max())}, but the split has "
                 f"only {num_classes} classes (valid indices 0 .. {num_classes - 1}). "
                 f"{what} must index classes within the split (position in `members`), not "
                 f"global class ids.")
         if len(np.unique(arr)) != len(arr):
-            raise MetaDatasetError(f"SplitSpec.{what}[{i}] lists a class more than once; "
+            raise EpisodeError(f"SplitSpec.{what}[{i}] lists a class more than once; "
                                    f"each class may appear once per group.")
         out.append(arr)
     return tuple(out)
@@ -157,7 +162,7 @@ class SplitSpec:
     On construction the index arrays are converted to 1-D int64 arrays (lists are accepted)
     and checked: non-negative, class indices inside ``0 .. C-1``, no class twice in a group,
     not both ``superclasses`` and ``hierarchy``. Bad input raises
-    :class:`~ur_jax.suites.metadataset.common.MetaDatasetError`.
+    :class:`~ur_jax.suites.metadataset.common.EpisodeError`.
     """
 
     name: str
@@ -167,14 +172,14 @@ class SplitSpec:
 
     def __post_init__(self):
         if isinstance(self.members, np.ndarray) and self.members.dtype != object:
-            raise MetaDatasetError(
+            raise EpisodeError(
                 f"SplitSpec({self.name!r}).members must be a sequence with one index array "
                 f"per class; found a single array of shape {self.members.shape}.")
         members = tuple(_as_index_array(m, f"SplitSpec({self.name!r}).members[{c}]")
                         for c, m in enumerate(self.members))
         object.__setattr__(self, "members", members)
         if self.superclasses is not None and self.hierarchy is not None:
-            raise MetaDatasetError(
+            raise EpisodeError(
                 f"SplitSpec({self.name!r}) has both superclasses (Omniglot's alphabets) and a "
                 f"hierarchy (ImageNet's DAG); the sampler uses one ontology at a time (as "
                 f"the official one does). Keep one of them.")
@@ -344,7 +349,7 @@ def num_query(n_per_class: Sequence[int] | np.ndarray, config: EpisodeConfig) ->
       ``q``, the same for every class.
 
     Raises:
-      MetaDatasetError: a class with fewer than 2 images (variable shots) or with at most
+      EpisodeError: a class with fewer than 2 images (variable shots) or with at most
         ``shots`` images (fixed shots).
     """
     n = np.asarray(n_per_class, np.int64)
@@ -352,13 +357,13 @@ def num_query(n_per_class: Sequence[int] | np.ndarray, config: EpisodeConfig) ->
         return int(config.queries)
     if config.shots is None:
         if n.min() < 2:
-            raise MetaDatasetError(
+            raise EpisodeError(
                 f"A class with {int(n.min())} image(s) cannot give a query and a support "
                 f"example: variable queries need at least 2 images per class. Drop the "
                 f"class from the SplitSpec or fix `queries` and `shots`.")
         return int(min(config.max_query, int((n // 2).min())))
     if (n - config.shots).min() < 1:
-        raise MetaDatasetError(
+        raise EpisodeError(
             f"A class with {int(n.min())} image(s) cannot give {config.shots} shots and a "
             f"query: fixed shots need at least shots + 1 = {config.shots + 1} images per "
             f"class. Lower `shots` or drop the class from the SplitSpec.")
@@ -382,11 +387,11 @@ def support_set_size(n_per_class: Sequence[int] | np.ndarray, q: int, beta: floa
       ``S``, at least ``N`` (every class contributes at least one).
 
     Raises:
-      MetaDatasetError: ``max_support < N`` (no room for one support example per class).
+      EpisodeError: ``max_support < N`` (no room for one support example per class).
     """
     remaining = np.asarray(n_per_class, np.int64) - int(q)
     if config.max_support < len(remaining):
-        raise MetaDatasetError(
+        raise EpisodeError(
             f"max_support ({config.max_support}) is smaller than the number of ways "
             f"({len(remaining)}): no room for one support example per class. Raise "
             f"max_support or lower max_ways.")
@@ -416,17 +421,17 @@ def support_sizes(n_per_class: Sequence[int] | np.ndarray, q: int, beta: float,
       ``(N,)`` int64 ``k_c``, each in ``1 .. n_c - q``, summing to at most ``S``.
 
     Raises:
-      MetaDatasetError: a class with no image left after the queries, ``max_support < N``,
+      EpisodeError: a class with no image left after the queries, ``max_support < N``,
         or ``log_weights`` of the wrong length.
     """
     n = np.asarray(n_per_class, np.int64)
     w = np.asarray(log_weights, np.float64)
     if w.shape != n.shape:
-        raise MetaDatasetError(f"support_sizes: need one log-weight per class ({n.shape}); "
+        raise EpisodeError(f"support_sizes: need one log-weight per class ({n.shape}); "
                                f"found shape {w.shape}.")
     remaining = n - int(q)
     if remaining.min() < 1:
-        raise MetaDatasetError(
+        raise EpisodeError(
             f"A class with {int(n.min())} image(s) has none left for the support set after "
             f"{q} queries. Lower `queries` or drop the class from the SplitSpec.")
     budget = support_set_size(n, q, beta, config)
@@ -459,7 +464,7 @@ def _prepare(spec: SplitSpec, config: EpisodeConfig) -> _Prepared:
     if num_classes < need:
         what = (f"ways = {config.ways}" if config.ways is not None
                 else f"min_ways = {config.min_ways}")
-        raise MetaDatasetError(
+        raise EpisodeError(
             f"Split {spec.name!r} has {num_classes} classes, fewer than {what}: no episode "
             f"can be drawn from it. Lower {what.split(' ')[0]} or use a larger split.")
     # Class sizes, checked for every class (the official sampler checks chosen ones).
@@ -476,7 +481,7 @@ def _prepare(spec: SplitSpec, config: EpisodeConfig) -> _Prepared:
             need_n = 2
             fix = "Fix `queries` and `shots`"
         if smallest < need_n:
-            raise MetaDatasetError(
+            raise EpisodeError(
                 f"Class {small_class} of split {spec.name!r} has {smallest} image(s); with "
                 f"shots={config.shots} and queries={config.queries} (None = variable) every "
                 f"class needs at least {need_n}. {fix}, or drop the class from the "
@@ -484,7 +489,7 @@ def _prepare(spec: SplitSpec, config: EpisodeConfig) -> _Prepared:
     use_hierarchy = not config.ignore_hierarchy
     has_hierarchy = spec.hierarchy is not None or spec.superclasses is not None
     if use_hierarchy and has_hierarchy and config.ways is not None:
-        raise MetaDatasetError(
+        raise EpisodeError(
             f"Split {spec.name!r} has a class hierarchy, which picks the ways itself: a "
             f"fixed `ways` ({config.ways}) is incompatible with it (as in the official "
             f"sampler). Leave `ways` None, or set ignore_hierarchy=True to sample the split "
@@ -493,7 +498,7 @@ def _prepare(spec: SplitSpec, config: EpisodeConfig) -> _Prepared:
         eligible = tuple(g for g in spec.hierarchy
                          if config.min_ways <= len(g) <= config.max_spanning_leaves)
         if not eligible:
-            raise MetaDatasetError(
+            raise EpisodeError(
                 f"No node of the hierarchy of split {spec.name!r} spans between min_ways "
                 f"({config.min_ways}) and max_spanning_leaves ({config.max_spanning_leaves}) "
                 f"leaves; node sizes: {sorted({len(g) for g in spec.hierarchy})}. Change "
@@ -501,10 +506,10 @@ def _prepare(spec: SplitSpec, config: EpisodeConfig) -> _Prepared:
         return _Prepared(spec, config, sizes, "dag", eligible)
     if use_hierarchy and spec.superclasses is not None:
         if not spec.superclasses:
-            raise MetaDatasetError(f"Split {spec.name!r} has an empty list of superclasses.")
+            raise EpisodeError(f"Split {spec.name!r} has an empty list of superclasses.")
         for i, group in enumerate(spec.superclasses):
             if len(group) < config.min_ways:
-                raise MetaDatasetError(
+                raise EpisodeError(
                     f"Superclass {i} of split {spec.name!r} has {len(group)} classes < "
                     f"min_ways = {config.min_ways} (the official sampler refuses this too). "
                     f"Lower min_ways, merge the superclass, or set ignore_hierarchy=True.")
@@ -539,7 +544,7 @@ def _sample(prep: _Prepared, rng: np.random.Generator) -> Episode:
     q = num_query(n, cfg)
     if cfg.shots is not None:
         if np.any(cfg.shots + q > n):
-            raise MetaDatasetError(f"Some classes of split {prep.spec.name!r} have fewer than "
+            raise EpisodeError(f"Some classes of split {prep.spec.name!r} have fewer than "
                                    f"shots + queries = {cfg.shots + q} images.")
         shots = np.full(len(classes), cfg.shots, np.int64)
     else:
@@ -585,7 +590,7 @@ def sample_episode(spec: SplitSpec, rng: np.random.Generator,
       An :class:`Episode`: class-major int64 indices, int32 labels, the chosen classes.
 
     Raises:
-      MetaDatasetError: a split the config cannot sample (too few classes, too small a
+      EpisodeError: a split the config cannot sample (too few classes, too small a
         class, no eligible hierarchy node, a fixed ``ways`` on a hierarchy, ...).
     """
     return _sample(_prepare(spec, _config(config)), rng)
@@ -609,7 +614,7 @@ def sample_episodes(spec: SplitSpec, num_episodes: int,
       The episodes, in order.
 
     Raises:
-      ValueError: ``num_episodes < 1``; MetaDatasetError as :func:`sample_episode`.
+      ValueError: ``num_episodes < 1``; EpisodeError as :func:`sample_episode`.
     """
     if not _is_int(num_episodes) or num_episodes < 1:
         raise ValueError(f"sample_episodes: num_episodes must be a positive integer; found "

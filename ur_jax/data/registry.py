@@ -87,6 +87,19 @@ class ClassificationData:
         """Whether ``domain``'s test split has labels."""
         return True if self.test_labelled is None else bool(self.test_labelled[domain])
 
+    def inputs(self, names: Mapping[str, str]) -> dict[str, Any]:
+        """Per-domain input settings keyed by model domain; ``names``: ``{model domain: data
+        domain}`` (a teacher's head is ``'teacher'`` while it trains). Keys: ``'shapes'``
+        (``(H, W, C)``), ``'normalize'`` (:class:`~ur_jax.data.pipeline.Normalization`), and
+        ``'augment'`` / ``'transform'`` when the data has train / eval transforms."""
+        out: dict[str, Any] = {"shapes": {m: self.shape(d) for m, d in names.items()},
+                               "normalize": {m: self.normalize(d) for m, d in names.items()}}
+        if self.train_transform is not None:
+            out["augment"] = {m: self.train_transform[d] for m, d in names.items()}
+        if self.eval_transform is not None:
+            out["transform"] = {m: self.eval_transform[d] for m, d in names.items()}
+        return out
+
 
 def register(name: str, loader: ClassificationLoader) -> None:
     """Makes ``config.dataset = name`` use ``loader(config)``."""
@@ -96,15 +109,16 @@ def register(name: str, loader: ClassificationLoader) -> None:
 
 
 def manual_dir(config) -> str | None:
-    """``config.manual_dir`` as an absolute path; ``None`` if unset (fine once prepared)."""
-    path = config.get("manual_dir") or ""
+    """``config.manual_dir`` (a key of the suites that read manual downloads) as an absolute
+    path; ``None`` if ``''`` (fine once prepared)."""
+    path = config.manual_dir
     return os.path.abspath(os.path.expanduser(path)) if path else None
 
 
 def data_dir(config) -> str:
     """Where prepared TFDS data lives: ``config.data_dir``, else ``$TFDS_DATA_DIR``, else
     ``~/tensorflow_datasets``."""
-    path = config.get("data_dir") or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+    path = config.data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
     return os.path.abspath(os.path.expanduser(path))
 
 
@@ -145,6 +159,9 @@ class DenseData:
         ``'inverse_depth'`` (multiplied by it).
       reference: published single-task results ``{task: {metric: value}}`` to compute
         Delta_MTL against, if any.
+      make_train_batches, make_eval_batches: the suite's batch pipelines (e.g.
+        :func:`ur_jax.suites.dense.transforms.dense_train_batches` / ``dense_eval_batches``),
+        used through :meth:`train_batches` / :meth:`eval_batches`.
     """
 
     train: Any
@@ -154,6 +171,19 @@ class DenseData:
     image_shape: tuple[int, int, int]
     depth_kind: str = "depth"
     reference: Mapping[str, Mapping[str, float]] | None = None
+    make_train_batches: Callable[..., Any] | None = None
+    make_eval_batches: Callable[..., Any] | None = None
+
+    def train_batches(self, batch_size: int, seed: int, augment: bool) -> Any:
+        """Infinite training batches of the train split (``make_train_batches(train,
+        batch_size, seed=, augment=, depth_kind=)``, the suite's pipeline)."""
+        return self.make_train_batches(self.train, batch_size, seed=seed, augment=augment,
+                                       depth_kind=self.depth_kind)
+
+    def eval_batches(self, batch_size: int, limit: int | None = None) -> Any:
+        """The test split once, in padded batches (``make_eval_batches(test, batch_size,
+        limit=)``)."""
+        return self.make_eval_batches(self.test, batch_size, limit=limit)
 
 
 def register_dense(name: str, loader: DenseLoader) -> None:

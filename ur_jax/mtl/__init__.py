@@ -72,7 +72,7 @@ loss weighting or :meth:`MTLMethod.combine` for gradient combination, and ``init
 ``init_state`` / ``update_state`` if it has parameters or state) in ``weighting.py``,
 ``gradient.py`` or a new module of its own, with any new solver as a pure function in
 ``solvers.py``; then register it with one entry in ``registry.METHOD_CLASSES``. Its options
-become :func:`get_method`'s keyword arguments. ``ur_jax.suites.dense.recipe.MTL_METHODS`` lists the
+become :func:`get_method`'s keyword arguments. ``ur_jax.config.blocks.MTL_METHODS`` lists the
 names again (so that loading a config does not import JAX): add the name there too.
 """
 

@@ -3,7 +3,7 @@
 The registry is the read-only mapping :data:`METHOD_CLASSES`, written out once below and
 built when this module is imported; nothing adds to it at run time (no module-level mutable
 state). Registering a method is one entry there; its key is the method's ``name`` and the
-order of the entries is the order of :data:`METHODS` (which ``ur_jax.suites.dense.recipe``
+order of the entries is the order of :data:`METHODS` (which ``ur_jax.config.blocks``
 mirrors as ``MTL_METHODS`` so that loading a config does not import JAX).
 """
 

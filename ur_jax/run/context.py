@@ -58,8 +58,9 @@ class RunContext:
       data: what the dataset registry loaded (``ClassificationData`` or ``DenseData``).
       cache: compiled functions shared by the stages (:class:`CompiledCache`).
       step_hooks: called as ``hook(stage, step, state)`` after every training step.
-      models: what each finished stage produced, by stage name (e.g. ``'teachers'``:
-        ``{domain: (model, variables)}``; ``'mdl'``: ``(model, variables)``).
+      models: what each finished stage produced, by stage name: ``{domain or task: (model,
+        variables)}`` (one model per domain for ``'teachers'``, the same model for every
+        domain for ``'mdl'`` / ``'url'``).
       results: the run's results so far (written to ``results.json`` at the end).
     """
 

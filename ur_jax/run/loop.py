@@ -44,8 +44,19 @@ def fit(ctx: RunContext, stage: str, step_fn: Callable[..., Any], state: Any, da
       dataset: the infinite batch dataset (:func:`ur_jax.data.pipeline.train_batches`).
       num_steps: the stage's last step.
       examples_per_step: for the throughput figure.
+      teacher_vars: the frozen teachers' variables (replicated), passed to ``step_fn``
+        before the batch; ``None`` for a step without teachers.
       validate: ``validate(step, state)``, run every ``validate_every`` steps and at the
         end, before that step's checkpoint (model selection, :class:`ur_jax.run.selection.BestModel`).
+      validate_every: steps between validations (0: never).
+
+    Returns:
+      The state after ``num_steps`` steps (restored as is when the checkpoint is already
+      there).
+
+    Raises:
+      Whatever a step hook raises (the run stops there; the checkpoints written so far
+      stay, and a new run resumes from the latest).
     """
     config = ctx.config
     iterator = pipeline.iterate(dataset, num_threads=config.data_threads)

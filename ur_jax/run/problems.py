@@ -22,14 +22,12 @@ from ur_jax.run.context import RunContext
 @dataclasses.dataclass(frozen=True)
 class Problem:
     """One problem: ``load(config) -> data``; ``evaluators``: the default evaluator names
-    (``config.evaluators`` overrides them); ``rows``: the results keys of its training
-    stages, in table order; ``table(results) -> str``; ``prepare(ctx)``: checks and results
-    entries before the first stage."""
+    (``config.evaluators`` overrides them); ``table(results) -> str``; ``prepare(ctx)``:
+    checks and results entries before the first stage."""
 
     name: str
     load: Callable[[Any], Any]
     evaluators: tuple[str, ...]
-    rows: tuple[str, ...]
     table: Callable[[Any], str]
     prepare: Callable[[RunContext], None]
 
@@ -40,12 +38,12 @@ def _prepare_classification(ctx: RunContext) -> None:
     config, data = ctx.config, ctx.data
     split = evaluation_split(ctx)
     ctx.results["evaluated_on"] = split
-    if split == "val" and config.get("train_split") == "train+val":
+    if split == "val" and config.train_split == "train+val":
         logging.warning("config.train_split='train+val': the models train on the validation "
                         "images, so the validation accuracies below are not held-out numbers. "
                         "Add the labelled test annotations (README: Visual Decathlon) to score "
                         "the test split.")
-    if split == "val" and config.get("evaluate_on") != "val":
+    if split == "val" and config.evaluate_on != "val":
         logging.info("The test split of %s has no labels: results are on the validation split; "
                      "test predictions go to %s/predictions.",
                      [d for d in config.domains if not data.labelled(d)], ctx.workdir)
@@ -61,20 +59,22 @@ def _prepare_dense(ctx: RunContext) -> None:
 
 PROBLEMS = {
     "classification": Problem("classification", registry.load_classification,
-                              ("classification", "decathlon_score"), ("teachers", "mdl", "url"),
-                              tables.classification_table, _prepare_classification),
-    "dense": Problem("dense", registry.load_dense, ("dense",), ("stl", "mtl", "url"),
-                     tables.dense_table, _prepare_dense),
+                              ("classification", "decathlon_score"), tables.classification_table, _prepare_classification),
+    "dense": Problem("dense", registry.load_dense, ("dense",), tables.dense_table, _prepare_dense),
 }
 
 
 def get(config) -> Problem:
-    """The problem of ``config`` (``config.problem``, default ``'classification'``).
+    """The problem of ``config`` (``config.problem``: ``'classification'`` or ``'dense'``).
 
     Raises:
-      ValueError: an unknown problem.
+      ValueError: a config without ``problem``, or an unknown problem.
     """
-    name = config.get("problem", "classification") or "classification"
+    if "problem" not in config:
+        raise ValueError("config.problem is missing: every config declares the problem it "
+                         "poses; build its run level with ur_jax.config.classification_defaults() "
+                         "or ur_jax.config.dense_defaults().")
+    name = config.problem
     if name not in PROBLEMS:
         raise ValueError(f"config.problem={name!r}; expected one of {sorted(PROBLEMS)}.")
     return PROBLEMS[name]

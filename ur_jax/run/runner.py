@@ -22,11 +22,11 @@ from absl import logging
 from jax.sharding import Mesh
 
 from ur_jax import sharding, stages, writers
+from ur_jax.config.validation import validate
 from ur_jax.evaluation import evaluators
 from ur_jax.run import problems
 from ur_jax.run.context import CompiledCache, RunContext, StepHook
 from ur_jax.run.logs import quiet_library_logs
-from ur_jax.run.validation import validate
 from ur_jax.run.workdir import RESULTS_FILE, TIMING_FILE, flatten, prepare_workdir, write_json
 
 
@@ -37,7 +37,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
     results also written to ``workdir/results.json``.
 
     Args:
-      config: an experiment config (``configs/*.py``; :func:`ur_jax.configs.load_config`).
+      config: an experiment config (``configs/*.py``; :func:`ur_jax.config.load_config`).
       workdir: the run's directory (:func:`ur_jax.run.workdir.prepare_workdir`).
       overwrite: replace a run of a different config found in ``workdir``.
       mesh: the data mesh (default: every device, :func:`ur_jax.sharding.make_mesh`).
@@ -46,14 +46,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
         fresh :class:`ur_jax.run.context.CompiledCache`).
 
     Raises:
-      ValueError: a config value that cannot work (checked before anything runs).
+      ValueError: a config value that cannot work (checked before anything runs,
+        :func:`ur_jax.config.validation.validate`).
       ur_jax.run.workdir.WorkdirError: the workdir is not writable or holds another run.
       FileNotFoundError: data the config needs is missing (the message says what to get).
     """
     problem = problems.get(config)
     validate(config, problem.name, mesh)
-    names = tuple(config.get("evaluators") or problem.evaluators)
-    chosen = [evaluators.get(n) for n in names]
+    chosen = evaluators.for_run(tuple(config.evaluators) or problem.evaluators,
+                                problem.name)
     quiet_library_logs()
     workdir = prepare_workdir(workdir, config, overwrite)
     mesh = sharding.make_mesh() if mesh is None else mesh
@@ -64,7 +65,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
     writer = writers.create_writer(os.path.join(workdir, "tensorboard"))
     ctx = RunContext(config=config, mesh=mesh, workdir=workdir, writer=writer, data=data,
                      cache=CompiledCache() if cache is None else cache, step_hooks=tuple(step_hooks))
-    ctx.results.update({"config": config_json, **{row: {} for row in problem.rows}})
+    ctx.results.update({"config": config_json,
+                        **{row: {} for row in stages.result_rows(problem.name)}})
     t_start = time.perf_counter()
     try:
         writer.write_hparams(dict(flatten(config_json)))
@@ -74,9 +76,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
             if models is None:
                 continue
             ctx.models[name] = models
-            for evaluator in chosen:
-                if evaluator.on == "models":
-                    ctx.results[name] = evaluator.fn(ctx, name, models)
+            ctx.results[name] = _evaluate_stage(ctx, chosen, name, models)
         for evaluator in chosen:
             if evaluator.on == "run":
                 result = evaluator.fn(ctx)
@@ -92,3 +92,22 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
     logging.info("Results written to %s", os.path.join(workdir, RESULTS_FILE))
     print(problem.table(ctx.results), flush=True)
     return ctx.results
+
+
+def _evaluate_stage(ctx: RunContext, chosen, name: str, models) -> dict[str, Any]:
+    """The merged results of every ``on='models'`` evaluator on a stage's models.
+
+    Raises:
+      ValueError: two evaluators give the same result key.
+    """
+    out: dict[str, Any] = {}
+    for evaluator in chosen:
+        if evaluator.on != "models":
+            continue
+        result = evaluator.fn(ctx, name, models)
+        clash = sorted(set(out) & set(result))
+        if clash:
+            raise ValueError(f"Evaluators of stage {name!r} both give {clash}; name only one of "
+                             f"them in config.evaluators.")
+        out.update(result)
+    return out

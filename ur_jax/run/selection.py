@@ -77,9 +77,8 @@ def accuracy_measure(ctx: RunContext, model, names: Mapping[str, str]
     """Classification accuracy (%) on ``ctx.data.val`` of each ``{model domain: data
     domain}`` of ``names``."""
     from ur_jax.evaluation.evaluators.classification import evaluate
-    from ur_jax.stages.common import inputs
 
-    settings = inputs(ctx.data, names)
+    settings = ctx.data.inputs(names)
     sources = {m: ctx.data.val[d] for m, d in names.items()}
 
     def measure(variables: dict[str, Any]) -> dict[str, float]:
@@ -94,10 +93,10 @@ def episodic_measure(ctx: RunContext, model, names: Mapping[str, str]
                      ) -> Callable[[dict[str, Any]], dict[str, float]]:
     """The Meta-Dataset validation of VICO-UoE/URL (``train_net*.py``): NCC accuracy (%) of
     the backbone on ``config.select_episodes`` (their ``eval_size``, 300) episodes of
-    ``config.select_protocol`` (default ``'standard'``) from the validation classes of each
-    training domain of ``names``. The episodes are drawn once, seeded by ``config.seed`` and
-    the source (the authors draw new ones at every validation): every validation of a run,
-    and of a resumed run, scores the same episodes.
+    ``config.select_protocol`` (``'standard'``), padded to ``config.fewshot.buckets``, from
+    the validation classes of each training domain of ``names``. The episodes are drawn
+    once, seeded by ``config.seed`` and the source (the authors draw new ones at every
+    validation): every validation of a run, and of a resumed run, scores the same episodes.
 
     Raises:
       ValueError: a training domain without validation classes, or domains with different
@@ -113,8 +112,7 @@ def episodic_measure(ctx: RunContext, model, names: Mapping[str, str]
         raise ValueError(f"Model selection needs validation classes of every training source; "
                          f"{missing} have none. Set select_every=0 for this stage (no "
                          f"selection: the last model is kept).")
-    count = int(config.get("select_episodes") or 300)
-    protocol = config.get("select_protocol") or "standard"
+    count, protocol = int(config.select_episodes), config.select_protocol
     episodes = {d: episodes_lib.sample_episodes(data.val_fewshot_specs[d], count, protocol,
                                                 seed=ctx.seed(6, zlib.crc32(d.encode())))
                 for d in domains}
@@ -124,8 +122,7 @@ def episodic_measure(ctx: RunContext, model, names: Mapping[str, str]
         raise ValueError(f"Episodic model selection needs one image normalisation for all "
                          f"training sources; {list(domains)} have {len(normalize)} different "
                          f"ones. Set select_every=0 for this stage.")
-    fs = config.get("fewshot") or {}
-    buckets = tuple(fs.get("buckets") or ()) or None
+    buckets = tuple(config.fewshot.buckets) or None  # the few-shot block's (episodic)
 
     def measure(variables: dict[str, Any]) -> dict[str, float]:
         backbone_vars = {c: v["backbone"] for c, v in variables.items() if "backbone" in v}
@@ -148,7 +145,7 @@ def selection(ctx: RunContext, name: str, spec, model, names: Mapping[str, str],
     for the paper's Decathlon Table 2). Data whose validation classes are new classes
     (Meta-Dataset: ``data.val_fewshot_specs``) are scored by :func:`episodic_measure`,
     others by :func:`accuracy_measure` on ``data.val``."""
-    if not every or ctx.config.get("train_split") == "train+val":
+    if not every or ctx.config.train_split == "train+val":
         return None
     directory = os.path.join(ctx.workdir, "selection", name)
     if ctx.data.val_fewshot_specs:

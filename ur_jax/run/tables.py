@@ -14,11 +14,19 @@ TABLE_METRICS = {
 }
 
 
+def model_rows(results: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """``(stage, its results)`` for every stage that reported models, in the order of
+    ``results`` (the stages' registration order): the entries holding per-domain
+    accuracies (``'mean'``) or per-task metrics (``'delta_mtl'``)."""
+    return [(name, res) for name, res in results.items()
+            if isinstance(res, Mapping) and ("mean" in res or "delta_mtl" in res)]
+
+
 def classification_table(results: Mapping[str, Any]) -> str:
     """The printed results: per-domain accuracy of teachers / MDL / URL (with the decathlon
     score and Delta_MDL when computed), and few-shot."""
     domains = [d for d in results["config"]["domains"]]
-    rows = [(name, results[name]) for name in ("teachers", "mdl", "url") if results.get(name)]
+    rows = model_rows(results)
     width = max([8, *(len(d) for d in domains)])
     split = {"test": "Test", "val": "Validation"}[results.get("evaluated_on", "test")]
     if split == "Validation" and results["config"].get("train_split") == "train+val":
@@ -78,10 +86,8 @@ def dense_table(results: Mapping[str, Any]) -> str:
              f"{'':<14}{groups}{'Delta_MTL (%)':>16}",
              f"{'':<14}" + "".join(f"{label:>{width}}" for _, _, label in cols)
              + f"{'vs STL':>9}{'vs ref':>9}"]
-    rows = [("STL", results.get("stl"))]
-    if results.get("mtl"):
-        rows.append((results["mtl"].get("method", "mtl"), results["mtl"]))
-    rows.append(("URL", results.get("url")))
+    labels = {"stl": "STL", "url": "URL"}
+    rows = [(labels.get(name, res.get("method", name)), res) for name, res in model_rows(results)]
     for name, res in rows:
         if not res:
             continue

@@ -41,6 +41,32 @@ def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
             if k not in RESUMABLE_KEYS}
 
 
+def with_declared_defaults(previous: Mapping[str, Any], config: ml_collections.ConfigDict
+                           ) -> dict[str, Any]:
+    """``previous`` (a workdir's ``config.json``) with the declared keys it lacks
+    (:func:`ur_jax.config.blocks.declared_defaults`) set to their defaults, where ``config``
+    holds those defaults too: a run recorded before a key was declared ran with its default,
+    so it resumes under a config that spells the default out."""
+    from ur_jax.config.blocks import declared_defaults
+
+    out = json.loads(json.dumps(previous, default=str))
+    current = json.loads(config.to_json_best_effort())
+    if "problem" not in config or config.problem not in ("classification", "dense"):
+        return out
+    for path, default in declared_defaults(config, config.problem).items():
+        *parents, leaf = path.split(".")
+        old, new = out, current
+        for p in parents:
+            old, new = old.get(p), new.get(p)
+            if not isinstance(old, dict) or not isinstance(new, dict):
+                break
+        else:
+            default = json.loads(json.dumps(default))
+            if leaf not in old and new.get(leaf) == default:
+                old[leaf] = default
+    return out
+
+
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
@@ -62,7 +88,9 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, overwrite: 
     Raises:
       WorkdirError: the directory is not writable, or it holds a run of a different config
         (the message lists the differing keys), unless ``overwrite``, which deletes that
-        run's outputs (:data:`RUN_OUTPUTS`) first. Keys in :data:`RESUMABLE_KEYS` may differ.
+        run's outputs (:data:`RUN_OUTPUTS`) first. Keys in :data:`RESUMABLE_KEYS` may differ,
+        and a declared key the recorded config lacks matches its default
+        (:func:`with_declared_defaults`).
     """
     workdir = os.path.abspath(os.path.expanduser(workdir))
     try:
@@ -78,7 +106,7 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, overwrite: 
     current = json.loads(config.to_json_best_effort())
     if os.path.exists(path):
         with open(path) as f:
-            previous = json.load(f)
+            previous = with_declared_defaults(json.load(f), config)
         diffs = _diff(_comparable(previous), _comparable(current))
         if diffs and not overwrite:
             raise WorkdirError(

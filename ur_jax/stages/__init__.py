@@ -26,19 +26,22 @@ from typing import Any
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-    """A registered stage: its problem, name, function, and the stages it needs to have
-    run before it in the same config (``requires``; checked before anything runs)."""
+    """A registered stage: its problem, name, function, the stages it needs to have run
+    before it in the same config (``requires``; checked before anything runs), and whether
+    it returns models for the evaluators (``reports``: a row of ``results.json`` and of the
+    printed table, in registration order; the ``fewshot`` stage writes its own results)."""
 
     problem: str
     name: str
     fn: Callable[[Any], Any]
     requires: tuple[str, ...] = ()
+    reports: bool = True
 
 
-_REGISTRY: dict[tuple[str, str], Stage] = {}  # filled at import time by @register, read-only after
+_REGISTRY: dict[tuple[str, str], Stage] = {}  # filled at import time by @register
 
 
-def register(problem: str, name: str, requires: tuple[str, ...] = ()
+def register(problem: str, name: str, requires: tuple[str, ...] = (), reports: bool = True
              ) -> Callable[[Callable], Callable]:
     """Decorator registering ``fn`` as the stage ``name`` of ``problem``.
 
@@ -49,10 +52,20 @@ def register(problem: str, name: str, requires: tuple[str, ...] = ()
     def wrap(fn: Callable) -> Callable:
         if (problem, name) in _REGISTRY:
             raise ValueError(f"A {problem} stage named {name!r} is already registered.")
-        _REGISTRY[(problem, name)] = Stage(problem, name, fn, tuple(requires))
+        _REGISTRY[(problem, name)] = Stage(problem, name, fn, tuple(requires), reports)
         return fn
 
     return wrap
+
+
+def unregister(problem: str, name: str) -> None:
+    """Removes a stage registered by a test or a notebook (the built-in stages stay).
+
+    Raises:
+      ValueError: no such stage.
+    """
+    get(problem, name)
+    del _REGISTRY[(problem, name)]
 
 
 def get(problem: str, name: str) -> Stage:
@@ -70,6 +83,11 @@ def get(problem: str, name: str) -> Stage:
 def names(problem: str) -> tuple[str, ...]:
     """The registered stages of ``problem``, in registration order."""
     return tuple(n for p, n in _REGISTRY if p == problem)
+
+
+def result_rows(problem: str) -> tuple[str, ...]:
+    """The stages of ``problem`` that report models (rows of ``results.json``), in order."""
+    return tuple(n for (p, n), s in _REGISTRY.items() if p == problem and s.reports)
 
 
 from ur_jax.stages import supervised, distill, fewshot, dense  # noqa: E402,F401,I001  (registration)

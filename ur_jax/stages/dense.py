@@ -30,7 +30,6 @@ from clu import parameter_overview
 
 from ur_jax import checkpointing, dense_steps, mtl, optim, sharding
 from ur_jax.adapters import AlignmentAdapters
-from ur_jax.suites.dense import transforms as dense_data
 from ur_jax.run.context import RunContext
 from ur_jax.run.loop import fit
 from ur_jax.stages import register
@@ -59,7 +58,7 @@ def steps_per_epoch(data, batch_size: int) -> int:
 
 def stage_steps(stage_config, steps_per_epoch_: int) -> int:
     """A stage's number of updates: ``steps`` if set (> 0), else ``epochs`` epochs."""
-    if int(stage_config.get("steps", 0) or 0) > 0:
+    if int(stage_config.steps) > 0:
         return int(stage_config.steps)
     return int(stage_config.epochs) * steps_per_epoch_
 
@@ -94,9 +93,8 @@ def fit_dense(ctx: RunContext, name: str, step_fn, state, stage_config, seed: in
               teacher_vars=None):
     """Trains a dense stage through :func:`ur_jax.run.loop.fit` on the training split."""
     data = ctx.data
-    dataset = dense_data.dense_train_batches(data.train, int(stage_config.batch_size), seed=seed,
-                                             augment=bool(ctx.config.augment),
-                                             depth_kind=data.depth_kind)
+    dataset = data.train_batches(int(stage_config.batch_size), seed=seed,
+                                 augment=bool(ctx.config.augment))
     num_steps = stage_steps(stage_config, steps_per_epoch(data, stage_config.batch_size))
     return fit(ctx, name, step_fn, state, dataset, num_steps,
                examples_per_step=int(stage_config.batch_size), teacher_vars=teacher_vars)

@@ -17,7 +17,6 @@ from ur_jax.stages import register
 from ur_jax.stages.common import (
     adapter_learning_rate_schedule,
     batch_size,
-    inputs,
     sample_images,
     stage_select_every,
     stage_sgd,
@@ -35,9 +34,8 @@ def distill_config(config, domains) -> steps.DistillConfig:
     u = config.url
     anneal = None
     if u.anneal:
-        every = int(u.get("anneal_every") or 1)
-        k = u.get("anneal_k") or {}
-        k = k.to_dict() if hasattr(k, "to_dict") else dict(k)
+        every = int(u.anneal_every)
+        k = u.anneal_k.to_dict() if hasattr(u.anneal_k, "to_dict") else dict(u.anneal_k)
         anneal = {d: optim.linear_anneal(
             int(round((u.anneal_steps or u.steps) * float(k.get(d, k.get("default", 1.0))))),
             every=every) for d in domains}
@@ -60,7 +58,7 @@ def url(ctx: RunContext) -> dict[str, tuple[MultiHeadClassifier, dict]]:
     domains = tuple(config.domains)
     model = student(config, data)
     batch_sizes = {d: batch_size(u, d) for d in domains}
-    settings = inputs(data, {d: d for d in domains})
+    settings = data.inputs({d: d for d in domains})
     bank, teacher_vars = stack_teachers(
         teachers, image_shapes={d: (batch_sizes[d],) + data.shape(d) for d in domains},
         mode=config.teacher_mode)

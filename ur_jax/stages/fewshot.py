@@ -11,17 +11,18 @@ from ur_jax.run.context import RunContext
 from ur_jax.stages import register
 
 
-@register("classification", "fewshot")
+@register("classification", "fewshot", reports=False)
 def fewshot(ctx: RunContext) -> None:
-    """Evaluates the teachers (rows ``teacher_<domain>``), the MDL and URL students of this
-    run and the saved models of ``config.fewshot.checkpoints``; the result goes to
+    """Evaluates the models of this run that ``config.fewshot.models`` names (the teachers
+    as rows ``teacher_<domain>``; every other stage's model under the stage's name) and
+    the saved models of ``config.fewshot.checkpoints``; the result goes to
     ``results['fewshot']`` (nothing when no model is chosen)."""
     models = {}
-    for d, pair in (ctx.models.get("teachers") or {}).items():
-        models[f"teacher_{d}"] = pair
-    for stage in ("mdl", "url"):
-        if stage in ctx.models:
-            models[stage] = next(iter(ctx.models[stage].values()))
+    for stage, per_domain in ctx.models.items():
+        if stage == "teachers":
+            models.update({f"teacher_{d}": pair for d, pair in per_domain.items()})
+        else:  # one model for every domain
+            models[stage] = next(iter(per_domain.values()))
     name = "episodic" if ctx.data.fewshot_specs else "fewshot"
     result = evaluators.get(name).fn(ctx, models)
     if result:

@@ -26,7 +26,6 @@ from ur_jax.stages.common import (
     batch_size,
     classifier_spec,
     init_model,
-    inputs,
     stage_select_every,
     stage_sgd,
     stage_steps,
@@ -43,7 +42,7 @@ def train_classifier(ctx: RunContext, name: str, stage_config, model, names: Map
     fresh variables seeded by ``seed_path``); returns its variables (the
     validation-selected ones when selection is on). ``lr_domain``: the domain whose
     per-domain stage values (learning rate, steps, ...) apply."""
-    settings = inputs(ctx.data, names)
+    settings = ctx.data.inputs(names)
     variables = init_model(ctx, model, ctx.seed(*seed_path), settings["shapes"])
     if init is not None:
         variables = jax.tree.map(jnp.asarray, init)
@@ -94,7 +93,7 @@ def teachers(ctx: RunContext) -> dict[str, tuple[MultiHeadClassifier, dict]]:
     config, data = ctx.config, ctx.data
     out = {}
     paths = {d: p for d, p in dict(config.teachers.checkpoints).items() if p}
-    source = config.teachers.get("finetune_from") or ""
+    source = config.teachers.finetune_from
     order = sorted(config.domains, key=lambda d: d != source)  # the source teacher first
     logged = False
     for d in order:
@@ -131,7 +130,7 @@ def teachers(ctx: RunContext) -> dict[str, tuple[MultiHeadClassifier, dict]]:
 def student_input_sizes(config, data) -> dict[str, int]:
     """``{domain: S}``: the training domains whose images the multi-domain students (MDL,
     URL) resize to ``S x S`` (:attr:`MultiHeadClassifier.input_sizes`), from
-    ``config.model.student_input_size`` (``S``; 0 or absent: none). Only when the domains'
+    ``config.model.student_input_size`` (``S``; 0: none). Only when the domains'
     image sizes differ, and only the domains not already ``S x S``: on the Visual Decathlon,
     with imagenet12's 72 px crops among the domains, every 64 px crop becomes 72 x 72, as in
     the authors' ``trainmdl`` / ``trainurl`` / ``urltest`` (VICO-UoE/UniversalRepresentations,
@@ -141,7 +140,7 @@ def student_input_sizes(config, data) -> dict[str, int]:
     Raises:
       ValueError: for a negative or non-integer ``student_input_size``.
     """
-    size = config.model.get("student_input_size") or 0
+    size = config.model.student_input_size
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise ValueError(f"config.model.student_input_size={size!r}; expected an integer side "
                          f"in pixels (72 on the Decathlon) or 0 for the native image sizes.")
@@ -155,9 +154,9 @@ def student_kwargs(config) -> dict[str, Any]:
     """The students' backbone kwargs: the teachers' plus ``config.model.student_kwargs``,
     and per-domain parts for every training domain when ``config.model.per_domain``."""
     kwargs = backbone_kwargs(config)
-    extra = config.model.get("student_kwargs") or {}
+    extra = config.model.student_kwargs
     kwargs.update(extra.to_dict() if hasattr(extra, "to_dict") else dict(extra))
-    if config.model.get("per_domain", False):
+    if config.model.per_domain:
         kwargs["domains"] = tuple(config.domains)
     return kwargs
 
@@ -184,7 +183,7 @@ def student_init(ctx: RunContext, stage: str, model, seed_path) -> dict[str, Any
     config = ctx.config
     shapes = {d: ctx.data.shape(d) for d in config.domains}
     variables = init_model(ctx, model, ctx.seed(*seed_path), shapes)
-    source = config[stage].get("init_from") or ""
+    source = config[stage].init_from
     if not source:
         return variables
     teachers_ = ctx.models.get("teachers")

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from ur_jax import checkpointing
-from ur_jax.configs import load_config
+from ur_jax.config import load_config
 from ur_jax.suites import decathlon
 from ur_jax.suites.decathlon import recipe as decathlon_config
 from ur_jax.suites.decathlon.fake import write_fake_decathlon

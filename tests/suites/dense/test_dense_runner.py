@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from ur_jax import checkpointing
-from ur_jax.configs import load_config
+from ur_jax.config import load_config
 from ur_jax.suites import dense as dense_data
 from ur_jax.suites.dense.fake import write_fake_mtan
 from ur_jax.evaluation import dense as dense_eval

@@ -13,7 +13,7 @@ from ur_jax.suites.metadataset.fake import write_fake_records
 from ur_jax import run as run_lib
 from ur_jax import optim
 from ur_jax.stages import common, distill
-from ur_jax.run import validation
+from ur_jax.config import validation
 
 # One compiled-function cache for this module's runs: equal models share their compiled steps.
 _CACHE = run_lib.CompiledCache()

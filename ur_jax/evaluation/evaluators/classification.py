@@ -118,7 +118,7 @@ def evaluation_split(ctx) -> str:
     """
     config, data = ctx.config, ctx.data
     split = "test" if all(data.labelled(d) for d in config.domains) else "val"
-    if config.get("evaluate_on") == "val":  # choosing hyperparameters: never look at test
+    if config.evaluate_on == "val":  # choosing hyperparameters: never look at test
         if not data.val:
             raise ValueError("config.evaluate_on='val' but the data has no validation split; "
                              "for the embedded data set config.holdout_per_class > 0.")
@@ -133,8 +133,6 @@ def classification(ctx, name: str, models: Mapping[str, tuple[Any, dict]]) -> di
     ``workdir/predictions/<name>_test.json`` when the test split is unlabelled. Returns
     ``{domain: {'accuracy', 'loss', 'examples'}, 'mean': {...}}``, or ``{}`` when the data
     has no classification split for these domains (Meta-Dataset: episodes only)."""
-    from ur_jax.stages.common import inputs  # the stages' per-domain input settings
-
     config, data = ctx.config, ctx.data
     split = evaluation_split(ctx)
     held = data.test if split == "test" else data.val
@@ -146,7 +144,7 @@ def classification(ctx, name: str, models: Mapping[str, tuple[Any, dict]]) -> di
         groups.setdefault(id(models[d]), []).append(d)
     for domains in groups.values():
         model, variables = models[domains[0]]
-        settings = inputs(data, {d: d for d in domains})
+        settings = data.inputs({d: d for d in domains})
         sources = {d: held[d] for d in domains}
         per_domain.update(evaluate(ctx, model, variables, sources, settings.get("transform"),
                                    settings["normalize"]))
@@ -172,18 +170,16 @@ def decathlon_score(ctx) -> dict[str, dict[str, float]] | None:
     Delta_MDL against the run's own teachers (``delta_mdl``) and against the paper's
     Finetune row (``delta_mdl_paper``); ``None`` otherwise."""
     from ur_jax.evaluation import decathlon as dec
+    from ur_jax.run.tables import model_rows
 
     config, results = ctx.config, ctx.results
-    if config.get("score") != "decathlon":
+    if config.score != "decathlon":
         return None
     bounds = dict(dec.ERROR_BOUNDS)
-    bounds.update({d: float(e) for d, e in dict(config.get("score_bounds") or {}).items()})
+    bounds.update({d: float(e) for d, e in dict(config.score_bounds).items()})
     teachers = results.get("teachers") or {}
     out = {}
-    for name in ("teachers", "mdl", "url"):
-        row = results.get(name)
-        if not row:
-            continue
+    for name, row in model_rows(results):
         acc = {d: row[d]["accuracy"] for d in config.domains}
         # evaluate() gives % (100 * correct / n): no check for fractions
         entry = {"decathlon_score": dec.decathlon_score(acc, bounds, percent=True)}

@@ -14,7 +14,6 @@ import jax.numpy as jnp
 from absl import logging
 
 from ur_jax import dense_steps, sharding
-from ur_jax.suites.dense import transforms as dense_data
 from ur_jax.evaluation import dense as dense_eval
 from ur_jax.evaluation.evaluators import register
 
@@ -32,8 +31,8 @@ def evaluate(ctx, model, variables: Mapping[str, Any], tasks) -> dict[str, dict[
             batch_argnums=(2,), num_args=3, donate_argnums=()))
     params, stats = variables["params"], variables.get("batch_stats", {})
     sums = None
-    for batch in dense_data.dense_eval_batches(data.test, ctx.config.eval_batch_size,
-                                               limit=ctx.config.eval_limit or None):
+    for batch in data.eval_batches(ctx.config.eval_batch_size,
+                                   limit=ctx.config.eval_limit or None):
         batch = {k: v for k, v in batch.items() if k in ("image", "mask", *tasks)}
         out = eval_step(params, stats, sharding.shard_batch(batch, mesh))
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
@@ -58,7 +57,7 @@ def format_metrics(metrics: Mapping[str, float]) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
 
 
-@register("dense", on="models")
+@register("dense", on="models", problems=("dense",))
 def dense(ctx, name: str, models: Mapping[str, tuple[Any, dict]]) -> dict[str, Any]:
     """Evaluates ``{task: (model, variables)}`` (one model per task for ``stl``, one model
     for every task otherwise); returns ``{task: metrics, 'delta_mtl': {...}}``. Single-task

@@ -101,11 +101,12 @@ def parse_sources(value: Any) -> tuple[str, ...]:
 def episodic_models(ctx, models: Mapping[str, tuple[Any, dict]]
                     ) -> dict[str, tuple[Any, dict, tuple[str, ...]]]:
     """The models the episodic evaluation scores, with the sources each was trained on
-    (they get PA's / TSA's "seen" learning rates): the teachers (their own source) and
-    students (``config.domains``) ``config.fewshot.models`` names (``models``: the run's,
-    ``'teacher_<domain>'`` for teachers), and the saved models ``config.fewshot.checkpoints``
-    ``{row name: path}`` points to. A saved model's sources are, in order of precedence:
-    ``config.fewshot.checkpoint_seen.<row name>`` (sources, or a comma-separated string),
+    (they get PA's / TSA's "seen" learning rates): the teachers (their own source; all of
+    them for ``'teachers'``, one for ``'teacher_<domain>'``) and the students
+    (``config.domains``) that ``config.fewshot.models`` names (``models``: the run's), and
+    the saved models ``config.fewshot.checkpoints`` ``{row name: path}`` points to. A saved
+    model's sources are, in order of precedence: ``config.fewshot.checkpoint_seen.<row
+    name>`` (sources, or a comma-separated string),
     ``config.fewshot.seen`` (for every saved model), else its own training domains read
     from its heads (:func:`ur_jax.evaluation.metadataset.training_sources`): an
     ImageNet-only model has one seen source, as in VICO-UoE/URL after the authors' fix.
@@ -120,13 +121,14 @@ def episodic_models(ctx, models: Mapping[str, tuple[Any, dict]]
     f = config.fewshot
     chosen: dict[str, tuple[Any, dict, tuple[str, ...]]] = {}
     for name, (model, variables) in models.items():
-        if name.startswith("teacher_") and "teachers" in f.models:
-            chosen[name] = (model, variables, (name[len("teacher_"):],))
+        if name.startswith("teacher_"):  # a teacher saw its own source only
+            if "teachers" in f.models or name in f.models:
+                chosen[name] = (model, variables, (name[len("teacher_"):],))
         elif name in f.models:
             chosen[name] = (model, variables, tuple(config.domains))
-    every = parse_sources(f.get("seen"))
-    per_model = dict(f.get("checkpoint_seen") or {})
-    for name, path in dict(f.get("checkpoints") or {}).items():
+    every = parse_sources(f.seen)
+    per_model = dict(f.checkpoint_seen)
+    for name, path in dict(f.checkpoints).items():
         if path:
             logging.info("[fewshot] loading %s from %s", name, path)
             model, variables = checkpointing.load_model(path)
@@ -181,7 +183,7 @@ def episodic(ctx, models: Mapping[str, tuple[Any, dict]]) -> dict[str, Any]:
         for method in f.methods:
             rates = {d: md_eval.learning_rates(method, seen=d in seen) for d in domains}
             acc = {d: evaluator.evaluate(data.fewshot[d], sampled[d], method, seen=d in seen,
-                                         steps=int(f.get("inner_steps") or 0) or None,
+                                         steps=int(f.inner_steps) or None,
                                          lrs=rates[d],
                                          progress=md_eval.log_progress(f"{name} {method} {d}"))
                    for d in domains}

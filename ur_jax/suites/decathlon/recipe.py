@@ -28,13 +28,16 @@ The protocol is the authors' release (VICO-UoE/UniversalRepresentations, ``Visua
   match imagenet12's 72 px crops, in training and evaluation; the teachers see their native
   crops. 0 keeps the native sizes (what the authors' URL + parallel adapters code does).
 
-The config files choose the stages and the adapters; :func:`shrink_to_smoke` makes any of
-them a seconds-long run on a fake tree (:func:`ur_jax.suites.decathlon.fake.write_fake_decathlon`).
+The config files choose the stages and the adapters (their ``:arg[,smoke]`` argument read
+by :func:`ur_jax.config.parse_arg`); :func:`shrink_to_smoke` makes any of them a
+seconds-long run on a fake tree (:func:`ur_jax.suites.decathlon.fake.write_fake_decathlon`).
 """
 
 from __future__ import annotations
 
 import ml_collections
+
+from ur_jax import config as config_lib
 
 #: The Decathlon domains, ImageNet first (the other teachers are fine-tuned from it).
 DOMAINS = ("imagenet12", "aircraft", "cifar100", "daimlerpedcls", "dtd", "gtsrb", "omniglot",
@@ -44,59 +47,52 @@ EPOCHS, ITERATIONS = 120, 100
 SMOKE_DOMAINS = ("imagenet12", "aircraft")
 
 
-def _sgd_stage(learning_rate, weight_decay) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        "steps": EPOCHS * ITERATIONS, "batch_size": {"imagenet12": 512, "default": 128},
-        "learning_rate": learning_rate, "weight_decay": weight_decay, "momentum": 0.9,
-        "warmup_steps": 0, "schedule": "step", "decay_at": (80 / EPOCHS, 100 / EPOCHS),
-        "decay_factor": 0.1})
+def _sgd(learning_rate, weight_decay) -> dict:
+    """The recipe's SGD values of every stage block (120 epochs, lr x0.1 at 80 and 100)."""
+    return {"steps": EPOCHS * ITERATIONS, "batch_size": {"imagenet12": 512, "default": 128},
+            "learning_rate": learning_rate, "weight_decay": weight_decay, "momentum": 0.9,
+            "warmup_steps": 0, "schedule": "step", "decay_at": (80 / EPOCHS, 100 / EPOCHS),
+            "decay_factor": 0.1}
 
 
 def base(stages: tuple[str, ...], adapter: str = "none") -> ml_collections.ConfigDict:
     """A Decathlon config running ``stages``; ``adapter`` (``'none'``, ``'series'`` or
-    ``'parallel'``) is the multi-domain models' residual adapter."""
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.dataset = "decathlon"
+    ``'parallel'``) is the multi-domain models' residual adapter. Every key the runner reads
+    is there (:mod:`ur_jax.config.blocks`), plus this suite's own ``decathlon_source``,
+    ``manual_dir`` and ``decathlon_normalization``."""
+    c = config_lib.classification_defaults(seed=0, dataset="decathlon", domains=DOMAINS,
+                                           stages=stages)
     c.decathlon_source = "manual"  # 'manual': decathlon-1.0/ in manual_dir; 'tfds': download
     c.manual_dir = ""  # the folder holding decathlon-1.0/ (data/ and annotations/)
-    c.data_dir = ""  # prepared TFDS data; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
     # 'train+val' (the paper's Table 2: train on both, keep the last model) or 'train'
     # (validation selects the model every select_every steps)
     c.train_split = "train+val"
     c.decathlon_normalization = "published"  # Rebuffi et al.'s constants; or 'estimated'
-    c.domains = DOMAINS
-    c.stages = stages
     # Teachers: plain ResNet-26. Students (MDL, URL): per-domain BatchNorm (+ adapters).
-    c.model = ml_collections.ConfigDict({
+    c.model = config_lib.classifier_model(
         # end_relu=False: the paper's released models (python -m ur_jax.convert --arch resnet26)
-        "backbone": "resnet26", "kwargs": {"width": 1.0, "end_relu": True}, "per_domain": True,
-        "student_kwargs": {"adapter": adapter},
+        backbone="resnet26", kwargs={"width": 1.0, "end_relu": True}, per_domain=True,
+        student_kwargs={"adapter": adapter},
         # students resize the 64 px crops to imagenet12's 72 px (0: native sizes)
-        "student_input_size": 72})
+        student_input_size=72)
     c.augment = "none"  # unused: the Decathlon's per-domain crop and flip apply
     c.init_rng_impl = "threefry2x32"
     c.teacher_mode = "auto"
 
-    c.teachers = _sgd_stage({"imagenet12": 0.1, "default": 0.01},
-                            {"imagenet12": 1e-4, "default": 5e-4})
-    c.teachers.finetune_from = "imagenet12"
-    # Reuse trained teachers: --config.teachers.checkpoints.dtd=RUN/teachers/dtd/model
-    c.teachers.checkpoints = {d: "" for d in DOMAINS}
-    c.mdl = _sgd_stage(0.01, 1e-4)
-    c.mdl.init_from = "imagenet12"
-    c.url = _sgd_stage(0.01, 1e-4)
-    c.url.init_from = "imagenet12"
-    c.url.adapter = "linear"
-    c.url.adapter_learning_rate = 1e-2
-    c.url.adapter_weight_decay = 5e-4
-    c.url.feature_loss = "kernel_cka"
-    c.url.temperature = 8.0
-    c.url.lambda_f = {"imagenet12": 10.0, "daimlerpedcls": 0.1, "default": 1.0}
-    c.url.lambda_p = {"imagenet12": 10.0, "daimlerpedcls": 0.1, "default": 1.0}
-    c.url.anneal = True  # weights x (1 - epoch / 120)
-    c.url.anneal_steps = 0  # 0 = url.steps
-    c.url.anneal_every = ITERATIONS  # per epoch
+    c.teachers = config_lib.teacher_stage(
+        **_sgd({"imagenet12": 0.1, "default": 0.01}, {"imagenet12": 1e-4, "default": 5e-4}),
+        finetune_from="imagenet12",
+        # Reuse trained teachers: --config.teachers.checkpoints.dtd=RUN/teachers/dtd/model
+        checkpoints={d: "" for d in DOMAINS})
+    c.mdl = config_lib.student_stage(**_sgd(0.01, 1e-4), init_from="imagenet12")
+    c.url = config_lib.url_stage(
+        **_sgd(0.01, 1e-4), init_from="imagenet12", adapter="linear",
+        adapter_learning_rate=1e-2, adapter_weight_decay=5e-4, feature_loss="kernel_cka",
+        temperature=8.0, lambda_f={"imagenet12": 10.0, "daimlerpedcls": 0.1, "default": 1.0},
+        lambda_p={"imagenet12": 10.0, "daimlerpedcls": 0.1, "default": 1.0},
+        anneal=True,  # weights x (1 - epoch / 120)
+        anneal_steps=0,  # 0 = url.steps
+        anneal_every=ITERATIONS)  # per epoch
 
     c.select_every = 10 * ITERATIONS  # train_split='train': the best validated model is kept
     c.score = "decathlon"
@@ -108,17 +104,6 @@ def base(stages: tuple[str, ...], adapter: str = "none") -> ml_collections.Confi
     c.keep_checkpoints = 2
     c.data_threads = 8
     return c
-
-
-def parse_args(arg: str | None, config_name: str, choices: tuple[str, ...] = ()
-               ) -> tuple[str | None, bool]:
-    """``'[choice][,smoke]'`` -> ``(choice or None, smoke)``; refuses anything else."""
-    parts = [p for p in (arg or "").split(",") if p]
-    rest = [p for p in parts if p != "smoke"]
-    if len(rest) > 1 or (rest and rest[0] not in choices):
-        allowed = f"one of {choices} and/or " if choices else ""
-        raise ValueError(f"{config_name} takes {allowed}'smoke'; found {arg!r}.")
-    return (rest[0] if rest else None), "smoke" in parts
 
 
 def shrink_to_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -16,9 +16,9 @@ def load(config) -> registry.ClassificationData:
     ``decathlon-1.0/`` in ``config.manual_dir`` (``config.decathlon_source='manual'``), or
     TFDS's ``visual_domain_decathlon`` (``'tfds'``, downloads).
 
-    ``config.train_split``: ``'train'`` (default) or ``'train+val'`` (the union the paper's
+    ``config.train_split``: ``'train'`` or ``'train+val'`` (the union the paper's
     Table 2 models train on; the runner then selects no model on validation).
-    ``config.decathlon_normalization``: ``'published'`` (default: the fixed per-domain
+    ``config.decathlon_normalization``: ``'published'`` (the recipe's: the fixed per-domain
     constants :data:`ur_jax.suites.decathlon.MEAN_STD`, as the authors) or ``'estimated'``
     (measured on the prepared train images; manual source only)."""
     from ur_jax.suites import decathlon
@@ -29,17 +29,17 @@ def load(config) -> registry.ClassificationData:
     if unknown:
         raise ValueError(f"Unknown Decathlon domain(s) {unknown}; available: "
                          f"{list(decathlon.DOMAINS)}.")
-    train_split = config.get("train_split") or "train"
+    train_split = config.train_split
     if train_split not in ("train", decathlon.TRAIN_VAL):
         raise ValueError(f"config.train_split={train_split!r}; expected 'train' (validation "
                          f"selects the model) or {decathlon.TRAIN_VAL!r} (the paper's Table 2 "
                          "protocol: train on both, keep the last model).")
-    stats = config.get("decathlon_normalization") or "published"
+    stats = config.decathlon_normalization
     if stats not in decathlon.NORMALIZATIONS:
         raise ValueError(f"config.decathlon_normalization={stats!r}; expected one of "
                          f"{list(decathlon.NORMALIZATIONS)}.")
     root = registry.data_dir(config)
-    kind = config.get("decathlon_source") or "manual"
+    kind = config.decathlon_source
     if kind == "manual":
         decathlon.prepare(registry.manual_dir(config), root, domains)
         source = functools.partial(decathlon.data_source, data_dir=root)

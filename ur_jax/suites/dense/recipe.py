@@ -4,23 +4,19 @@
 :func:`base` gives a complete dense config with the paper's recipe (PAPER.md §1: SegNet,
 Adam 1e-4 halved every 100 of 200 epochs, MTAN's scale-crop and flip augmentation; URL
 adapters with Adam 1e-2, weight decay 5e-4 and cosine decay; lambda = 1 / 1 / 2 for
-semantic / depth / normal); the config files choose stages, tasks and the method, and
-:func:`parse_args` / :func:`shrink_to_smoke` handle their ``:arg[,smoke]`` suffix.
+semantic / depth / normal); the config files choose stages, tasks and the method (their
+``:arg[,smoke]`` argument read by :func:`ur_jax.config.parse_arg`), and
+:func:`shrink_to_smoke` makes any of them a seconds-long run.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-#: The multi-task methods of :mod:`ur_jax.mtl` (listed here so that loading a config does
-#: not import JAX; a test keeps the two lists equal).
-MTL_METHODS = ("uniform", "uncertainty", "dwa", "gradnorm", "mgda", "pcgrad", "graddrop",
-               "imtl_l", "imtl_g", "imtl_h", "cagrad")
+from ur_jax import config as config_lib
+from ur_jax.config.blocks import MTL_METHODS, MTL_STAGE_METHODS
 
-#: What ``config.mtl.method`` takes: those methods and ``'bam'`` (Born-Again Multi-task
-#: networks, distilled from the single-task teachers with teacher annealing; the paper's BAM
-#: row; it needs the ``stl`` stage).
-MTL_STAGE_METHODS = (*MTL_METHODS, "bam")
+__all__ = ["DATASETS", "MTL_METHODS", "MTL_STAGE_METHODS", "base", "shrink_to_smoke"]
 
 #: Per dataset: tasks, batch size of the paper's recipe (MTAN: NYU-v2 2, Cityscapes 8).
 DATASETS = {
@@ -31,45 +27,42 @@ DATASETS = {
 }
 
 
-def _adam_stage(batch_size: int, epochs: int) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        "epochs": epochs, "steps": 0,  # steps > 0 overrides epochs
-        "batch_size": batch_size, "learning_rate": 1e-4, "weight_decay": 0.0,
-        "decay_every_epochs": 100, "decay_factor": 0.5})
+def _adam(batch_size: int, epochs: int) -> dict:
+    """The paper's Adam recipe of every dense stage, as block values."""
+    return {"epochs": epochs, "batch_size": batch_size, "learning_rate": 1e-4,
+            "weight_decay": 0.0, "decay_every_epochs": 100, "decay_factor": 0.5}
 
 
 def base(dataset: str) -> ml_collections.ConfigDict:
     """A dense config for ``dataset`` (``'nyuv2'``, ``'cityscapes7'``, ``'cityscapes19'`` or
-    ``'scenes'``) with the paper's recipe and every stage; callers set ``stages``."""
+    ``'scenes'``) with the paper's recipe and every stage; callers set ``stages``. Every key
+    the runner reads is there (:mod:`ur_jax.config.blocks`), plus this suite's own
+    ``manual_dir`` and ``scenes_config``.
+
+    Raises:
+      ValueError: an unknown dataset.
+    """
     if dataset not in DATASETS:
         raise ValueError(f"Unknown dense dataset {dataset!r}; expected one of {sorted(DATASETS)}.")
     tasks, batch_size = DATASETS[dataset]
-    c = ml_collections.ConfigDict()
-    c.problem = "dense"
-    c.seed = 0
-    c.dataset = dataset
+    c = config_lib.dense_defaults(seed=0, dataset=dataset, tasks=tasks,
+                                  stages=("stl", "mtl", "url"))
     c.manual_dir = ""  # MTAN's preprocessed tree for nyuv2 / cityscapes*
-    c.data_dir = ""  # prepared TFDS data; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
-    c.tasks = tasks
-    c.stages = ("stl", "mtl", "url")
-    c.model = ml_collections.ConfigDict({"name": "segnet", "kwargs": {"width": 1.0}})
+    c.scenes_config = "default"  # dataset 'scenes': 1200 / 300 images ('tiny': 24 / 8, tests)
+    c.model = config_lib.dense_model(name="segnet", kwargs={"width": 1.0})
     c.augment = True  # MTAN's random scale-crop (1, 1.2, 1.5) and horizontal flip
     c.init_rng_impl = "threefry2x32"
 
-    c.stl = _adam_stage(batch_size, 200)
-    c.teachers = ml_collections.ConfigDict({"checkpoints": {t: "" for t in tasks}})
-    c.mtl = _adam_stage(batch_size, 200)
-    c.mtl.method = "uniform"
-    c.mtl.space = ""  # '' = the method's default ('features' for graddrop, else 'params')
-    # (mtl.method 'bam' takes no options and no space; it anneals over the stage's updates)
-    c.mtl.options = {}
-    c.url = _adam_stage(batch_size, 200)
-    c.url.lambdas = {"semantic": 1.0, "depth": 1.0, "normal": 2.0}
-    c.url.student_features = ("bottleneck", "decoder")
-    c.url.teacher_feature = "decoder"
-    c.url.feature_loss = "normalized_l2"
-    c.url.adapter_learning_rate = 1e-2
-    c.url.adapter_weight_decay = 5e-4
+    c.stl = config_lib.adam_stage(**_adam(batch_size, 200))  # steps > 0 overrides epochs
+    c.teachers = config_lib.dense_teachers(checkpoints={t: "" for t in tasks})
+    # method: one of MTL_STAGE_METHODS; space: '' = the method's default ('features' for
+    # graddrop, else 'params'); 'bam' takes no options and no space (it anneals over the
+    # stage's updates)
+    c.mtl = config_lib.mtl_stage(**_adam(batch_size, 200), method="uniform")
+    c.url = config_lib.dense_url_stage(
+        **_adam(batch_size, 200), lambdas={"semantic": 1.0, "depth": 1.0, "normal": 2.0},
+        student_features=("bottleneck", "decoder"), teacher_feature="decoder",
+        feature_loss="normalized_l2", adapter_learning_rate=1e-2, adapter_weight_decay=5e-4)
 
     c.eval_batch_size = 8
     c.eval_limit = 0
@@ -78,22 +71,6 @@ def base(dataset: str) -> ml_collections.ConfigDict:
     c.keep_checkpoints = 2
     c.data_threads = 2
     return c
-
-
-def parse_args(arg: str | None, choices: tuple[str, ...] | None, config_name: str,
-               default: str | None = None) -> tuple[str | None, bool]:
-    """``'<choice>[,smoke]'`` -> ``(choice, smoke)``; refuses anything else clearly."""
-    parts = [p for p in (arg or "").split(",") if p]
-    smoke = "smoke" in parts
-    rest = [p for p in parts if p != "smoke"]
-    if choices is None:
-        if rest:
-            raise ValueError(f"{config_name} takes no argument other than 'smoke'; found {arg!r}.")
-        return None, smoke
-    if len(rest) > 1 or (not rest and default is None) or (rest and rest[0] not in choices):
-        raise ValueError(f"{config_name} takes one of {choices} (optionally ',smoke'), e.g. "
-                         f"{config_name}:{choices[0]}; found {arg!r}.")
-    return (rest[0] if rest else default), smoke
 
 
 def shrink_to_smoke(c: ml_collections.ConfigDict, steps: int = 2, batch_size: int = 8

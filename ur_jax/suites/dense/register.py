@@ -18,12 +18,20 @@ def load_scenes(config) -> registry.DenseData:
     from ur_jax.suites.dense import scenes
 
     root = registry.data_dir(config)
-    variant = config.get("scenes_config") or "default"  # 'tiny': 24 / 8 images, for tests
+    variant = config.scenes_config  # 'tiny': 24 / 8 images, for tests
     scenes.prepare(root, variant)
     return registry.DenseData(train=scenes.data_source("train", root, variant),
                               test=scenes.data_source("test", root, variant),
                               tasks=tuple(scenes.TASKS), num_classes=scenes.NUM_CLASSES,
-                              image_shape=tuple(scenes.IMAGE_SHAPE))
+                              image_shape=tuple(scenes.IMAGE_SHAPE), **_batch_makers())
+
+
+def _batch_makers() -> dict[str, Callable[..., object]]:
+    """The dense batch pipelines every dense dataset of this suite uses."""
+    from ur_jax.suites.dense import transforms
+
+    return {"make_train_batches": transforms.dense_train_batches,
+            "make_eval_batches": transforms.dense_eval_batches}
 
 
 def mtan_loader(name: str, depth_kind: str,
@@ -44,7 +52,8 @@ def mtan_loader(name: str, depth_kind: str,
                                   num_classes=mtan.NUM_CLASSES[name],
                                   image_shape=tuple(example["image"].shape),
                                   depth_kind=depth_kind,
-                                  reference=reference() if reference else None)
+                                  reference=reference() if reference else None,
+                                  **_batch_makers())
 
     return load
 

@@ -30,7 +30,7 @@ def load(config) -> registry.ClassificationData:
     embedded.prepare(root, tuple(config.domains) + fewshot)
     train = {d: embedded.data_source(d, "train", root) for d in config.domains}
     val = {}
-    holdout = int(config.get("holdout_per_class") or 0)
+    holdout = int(config.holdout_per_class)
     if holdout:  # a validation split carved from train, for choosing hyperparameters
         from ur_jax.data.pipeline import holdout_split
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ur_jax.data.episodes import EpisodeError
+
 #: Every Meta-Dataset source, in the paper's table order (official names).
 SOURCES = ("ilsvrc_2012", "omniglot", "aircraft", "cu_birds", "dtd", "quickdraw", "fungi",
            "vgg_flower", "traffic_sign", "mscoco", "mnist", "cifar10", "cifar100")
@@ -50,7 +52,7 @@ SHORT_NAMES = {"ilsvrc_2012": "ImNet", "omniglot": "Omni", "aircraft": "Airc",
                "mnist": "MNIST", "cifar10": "C10", "cifar100": "C100"}
 
 
-class MetaDatasetError(ValueError):
+class MetaDatasetError(EpisodeError):
     """A Meta-Dataset source cannot be read: says what was expected, what was found and how
     to fix it."""
 

@@ -24,20 +24,19 @@ ResNet-18 (5x5 stride-2 stem, no max-pool, 512-d feature) on 84x84 images in [-1
   NCC, PA or TSA; PA / TSA use the "seen" learning rates only on the sources the evaluated
   model was trained on (a teacher: its source; a saved model: the domains of its heads).
 
-:func:`shrink_to_smoke` makes any of them a seconds-long run on a fake records directory
-(``python -m ur_jax.suites.metadataset --fake DIR``).
+The config files choose the stages (their ``:arg[,smoke]`` argument read by
+:func:`ur_jax.config.parse_arg`); :func:`shrink_to_smoke` makes any of them a seconds-long
+run on a fake records directory (``python -m ur_jax.suites.metadataset --fake DIR``).
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from ur_jax.data.episodes import PROTOCOLS
-from ur_jax.suites.decathlon.recipe import parse_args
+from ur_jax import config as config_lib
 from ur_jax.suites.metadataset.common import SOURCES, TRAIN_SOURCES
 
-__all__ = ["SMOKE_FEWSHOT", "SMOKE_TRAIN", "TEACHER_RECIPE", "base", "parse_args",
-           "protocol_arg", "shrink_to_smoke"]
+__all__ = ["SMOKE_FEWSHOT", "SMOKE_TRAIN", "TEACHER_RECIPE", "base", "shrink_to_smoke"]
 
 #: Teachers (PAPER.md §3): ``{source: (batch, learning rate, iterations, restart period)}``.
 TEACHER_RECIPE = {
@@ -57,60 +56,54 @@ SMOKE_TRAIN = ("ilsvrc_2012", "omniglot")
 SMOKE_FEWSHOT = ("ilsvrc_2012", "omniglot", "traffic_sign")
 
 
-def _student_stage() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        "steps": STUDENT_STEPS, "batch_size": {"ilsvrc_2012": 448, "default": 64},
-        "learning_rate": 3e-2, "weight_decay": 7e-4, "momentum": 0.9, "warmup_steps": 0,
-        "schedule": "cosine_restarts", "restart_every": RESTART,
-        # model selection every 48k steps (the authors' --train.eval_freq=48000)
-        "select_every": RESTART})
+def _student() -> dict:
+    """The students' (MDL, URL) SGD values with warm restarts and model selection."""
+    return {"steps": STUDENT_STEPS, "batch_size": {"ilsvrc_2012": 448, "default": 64},
+            "learning_rate": 3e-2, "weight_decay": 7e-4, "momentum": 0.9, "warmup_steps": 0,
+            "schedule": "cosine_restarts", "restart_every": RESTART,
+            # model selection every 48k steps (the authors' --train.eval_freq=48000)
+            "select_every": RESTART}
 
 
 def base(stages: tuple[str, ...], domains: tuple[str, ...] = TRAIN_SOURCES
          ) -> ml_collections.ConfigDict:
-    """A Meta-Dataset config running ``stages`` on the training sources ``domains``."""
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.dataset = "metadataset"
+    """A Meta-Dataset config running ``stages`` on the training sources ``domains``. Every key
+    the runner reads is there (:mod:`ur_jax.config.blocks`), plus this suite's own
+    ``metadataset`` block."""
+    c = config_lib.classification_defaults(seed=0, dataset="metadataset", domains=tuple(domains),
+                                           stages=tuple(stages))
     # Where the sources come from: 'records' (the official converted records, records_dir),
     # 'manual' (raw downloads of aircraft / fungi / traffic_sign, manual_dir), 'tfds' (TFDS's
     # own builders, tfds_data_dir), or {source: origin}.
     c.metadataset = ml_collections.ConfigDict({
         "origin": "records", "records_dir": "", "manual_dir": "", "tfds_data_dir": ""})
     c.data_dir = ""  # the prepared ur_metadataset; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
-    c.domains = tuple(domains)
-    c.stages = tuple(stages)
-    c.model = ml_collections.ConfigDict({"backbone": "resnet18_metadataset",
-                                         "kwargs": {"width": 1.0}})
+    c.model = config_lib.classifier_model(backbone="resnet18_metadataset", kwargs={"width": 1.0})
     c.augment = "none"  # or 'crop' / 'crop_flip' (random 2-pixel translations, flips)
     c.init_rng_impl = "threefry2x32"
     c.teacher_mode = "auto"
 
     r = {d: TEACHER_RECIPE[d] for d in domains}
-    c.teachers = ml_collections.ConfigDict({
-        "steps": {d: v[2] for d, v in r.items()}, "batch_size": {d: v[0] for d, v in r.items()},
-        "learning_rate": {d: v[1] for d, v in r.items()}, "weight_decay": 7e-4,
-        "momentum": 0.9, "warmup_steps": 0, "schedule": "cosine_restarts",
-        "restart_every": {d: v[3] for d, v in r.items()},
+    c.teachers = config_lib.teacher_stage(
+        steps={d: v[2] for d, v in r.items()}, batch_size={d: v[0] for d, v in r.items()},
+        learning_rate={d: v[1] for d, v in r.items()}, weight_decay=7e-4,
+        momentum=0.9, warmup_steps=0, schedule="cosine_restarts",
+        restart_every={d: v[3] for d, v in r.items()},
         # model selection at every restart (train_resnet18_sdl.sh: eval_freq = anneal_freq)
-        "select_every": {d: v[3] for d, v in r.items()}})
-    # Reuse trained teachers: --config.teachers.checkpoints.dtd=RUN/teachers/dtd/model
-    c.teachers.checkpoints = {d: "" for d in domains}
-    c.mdl = _student_stage()
-    c.url = _student_stage()
-    c.url.adapter = "linear"
-    c.url.adapter_learning_rate = 0.1
-    c.url.adapter_weight_decay = 5e-4
-    c.url.adapter_schedule = ""  # '' = the student's warm restarts (the authors'); or 'cosine'
-    c.url.feature_loss = "kernel_cka"
-    c.url.temperature = 4.0
-    c.url.lambda_f = {"ilsvrc_2012": 4.0, "default": 1.0}
-    c.url.lambda_p = {"ilsvrc_2012": 4.0, "default": 1.0}
-    c.url.anneal = True  # weight 1 - t / (anneal_steps * k), per source
-    c.url.anneal_steps = RESTART
-    c.url.anneal_k = {"ilsvrc_2012": 5, "omniglot": 2, "quickdraw": 2, "fungi": 2,
-                      "default": 1}
-    c.url.anneal_every = 1
+        select_every={d: v[3] for d, v in r.items()},
+        # Reuse trained teachers: --config.teachers.checkpoints.dtd=RUN/teachers/dtd/model
+        checkpoints={d: "" for d in domains})
+    c.mdl = config_lib.student_stage(**_student())
+    c.url = config_lib.url_stage(
+        **_student(), adapter="linear", adapter_learning_rate=0.1, adapter_weight_decay=5e-4,
+        adapter_schedule="",  # '' = the student's warm restarts (the authors'); or 'cosine'
+        feature_loss="kernel_cka", temperature=4.0,
+        lambda_f={"ilsvrc_2012": 4.0, "default": 1.0},
+        lambda_p={"ilsvrc_2012": 4.0, "default": 1.0},
+        anneal=True,  # weight 1 - t / (anneal_steps * k), per source
+        anneal_steps=RESTART,
+        anneal_k={"ilsvrc_2012": 5, "omniglot": 2, "quickdraw": 2, "fungi": 2, "default": 1},
+        anneal_every=1)
 
     # Model selection (the stages' select_every): NCC on select_episodes validation episodes
     # (the authors' eval_size) of each training source's valid classes; the best average wins.
@@ -119,17 +112,17 @@ def base(stages: tuple[str, ...], domains: tuple[str, ...] = TRAIN_SOURCES
     c.select_protocol = "standard"
     c.eval_batch_size = 256
     c.eval_limit = 0
-    c.fewshot = ml_collections.ConfigDict({
-        "domains": SOURCES, "split": "test", "protocol": "standard", "episodes": 600,
-        "methods": ("ncc", "pa"), "models": ("teachers", "mdl", "url"),
+    c.fewshot = config_lib.episodic_fewshot(
+        domains=SOURCES, split="test", protocol="standard", episodes=600,
+        methods=("ncc", "pa"), models=("teachers", "mdl", "url"),
         # The sources a loaded checkpoint was trained on get the "seen" inner-loop learning
         # rates: by default each model's own training domains (its heads); `seen` overrides
         # them for every checkpoint, checkpoint_seen.<row name> for one (sources or 'a,b').
-        "seen": (),
-        "checkpoint_seen": {},
-        "checkpoints": {},  # {row name: saved model (workdir/students/url/model, ...)}
-        "buckets": (16, 32, 64, 128, 256, 512),
-        "inner_steps": 0})  # PA / TSA / probe steps; 0 = the paper's (40; probe 100)
+        seen=(),
+        checkpoint_seen={},
+        checkpoints={},  # {row name: saved model (workdir/students/url/model, ...)}
+        buckets=(16, 32, 64, 128, 256, 512),
+        inner_steps=0)  # PA / TSA / probe steps; 0 = the paper's (40; probe 100)
     c.log_every = 100
     c.checkpoint_every = 500  # divides every select_every (1.5k ... 48k)
     c.keep_checkpoints = 2
@@ -166,10 +159,3 @@ def shrink_to_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.log_every = 1
     c.data_threads = 2
     return c
-
-
-def protocol_arg(arg: str | None, config_name: str) -> tuple[str, bool]:
-    """``'[protocol][,smoke]'`` -> ``(protocol, smoke)``, protocol one of
-    :data:`~ur_jax.data.episodes.PROTOCOLS` (default ``'standard'``)."""
-    choice, smoke = parse_args(arg, config_name, PROTOCOLS)
-    return choice or "standard", smoke

@@ -14,7 +14,7 @@ from ur_jax.data import registry
 def load(config) -> registry.ClassificationData:
     """Meta-Dataset (:mod:`ur_jax.suites.metadataset`): the training classes of each training
     source (``config.domains``) for the classifiers, and the ``config.fewshot.split``
-    (default ``'test'``) classes of each ``config.fewshot.domains`` source for the episodes.
+    (``'test'``) classes of each ``config.fewshot.domains`` source for the episodes.
     Sources are built on first use from ``config.metadataset.origin``: ``'records'`` (the
     official converted records in ``records_dir``), ``'manual'`` (raw downloads in
     ``manual_dir``) or ``'tfds'`` (TFDS's own builders), or a mapping ``{source: origin}``."""
@@ -33,13 +33,13 @@ def load(config) -> registry.ClassificationData:
     origin = m.origin.to_dict() if hasattr(m.origin, "to_dict") else m.origin
 
     def path(key):
-        value = m.get(key) or ""
+        value = m[key]
         return os.path.abspath(os.path.expanduser(value)) if value else None
 
     md.prepare(tuple(dict.fromkeys(domains + fewshot)), root, origin=origin,
                records_dir=path("records_dir"), manual_dir=path("manual_dir"),
                tfds_data_dir=path("tfds_data_dir"))
-    split = config.fewshot.get("split") or "test"
+    split = config.fewshot.split
     shape = (md.IMAGE_SIZE, md.IMAGE_SIZE, 3)
     # the validation classes of the training sources: episodic model selection
     valid = tuple(d for d in domains if md.num_classes(d, "valid", root) > 0)

@@ -19,6 +19,8 @@ def load_config(spec: str, **overrides: Any) -> ml_collections.ConfigDict:
     Raises:
       FileNotFoundError: if the file does not exist.
       KeyError: for an override key that the config does not have.
+      ValueError: an argument the config file does not take (:func:`ur_jax.config.parse_arg`).
+      TypeError: an override of another kind than the key's (ml_collections' type safety).
     """
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
