@@ -13,13 +13,17 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import logging as pylogging
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 from grain.checkpoint import CheckpointRestore, CheckpointSave  # registered with orbax
 
@@ -35,6 +39,38 @@ def _state_tree(state: Any) -> dict[str, Any]:
     if getattr(state, "mtl_state", None):  # ur_jax.dense_steps.DenseState
         tree["mtl_state"] = state.mtl_state
     return tree
+
+
+class CheckpointError(RuntimeError):
+    """No kept checkpoint of a stage can be restored."""
+
+
+class _Silenced:
+    """Silences the error output of a failing restore: a damaged checkpoint makes orbax and
+    TensorStore log a traceback per array, and leaves coroutines whose errors Python prints
+    when they are collected; the caller reports the failure once instead. The collection
+    happens inside the block (``gc.collect``), while the hook that prints it is replaced."""
+
+    NAMES = ("absl", "asyncio", "orbax", "jax._src.distributed")
+
+    def __enter__(self):
+        self._levels = {n: pylogging.getLogger(n).level for n in self.NAMES}
+        for n in self.NAMES:
+            pylogging.getLogger(n).setLevel(pylogging.CRITICAL)
+        self._hook, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.collect()  # the failed restore's coroutines report (silently) here, not later
+        sys.unraisablehook = self._hook
+        for n, level in self._levels.items():
+            pylogging.getLogger(n).setLevel(level)
+
+
+def _reason(e: Exception) -> str:
+    """One short line saying why a restore failed."""
+    text = (str(e).splitlines() or [""])[0].split(" See full")[0]
+    return f"{type(e).__name__}: {text[:200]}"
 
 
 class Checkpointer:
@@ -55,6 +91,10 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(self.directory, options=options,
                                               item_names=("state", "data"))
 
+    def all_steps(self) -> list[int]:
+        """The steps of the kept checkpoints, oldest first."""
+        return sorted(self._manager.all_steps())
+
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or ``None``."""
         return self._manager.latest_step()
@@ -66,11 +106,48 @@ class Checkpointer:
             force=force)
 
     def restore(self, state: Any, iterator: Any, step: int | None = None) -> Any:
-        """Restores the checkpoint at ``step`` (default: latest) into a copy of ``state``
-        (whose arrays give shapes, dtypes and shardings) and ``iterator`` (in place)."""
-        step = self.latest_step() if step is None else step
-        if step is None:
+        """Restores the checkpoint at ``step`` into a copy of ``state`` (whose arrays give
+        shapes, dtypes and shardings) and ``iterator`` (in place).
+
+        Without ``step``: the newest checkpoint that restores. A damaged one (a pre-empted
+        job can leave truncated files behind) is reported with its step and the reason,
+        deleted so that training can write that step again, and the previous kept
+        checkpoint is tried; the run then continues from there and, since the data
+        iterator's position is restored with the state, ends with the numbers of an
+        uninterrupted run.
+
+        Raises:
+          FileNotFoundError: the directory holds no checkpoint.
+          CheckpointError: no kept checkpoint restores (the message gives each one's reason).
+        """
+        if step is not None:
+            return self._restore(state, iterator, int(step))
+        steps = self.all_steps()[::-1]
+        if not steps:
             raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+        failures = []
+        for candidate in steps:
+            try:
+                with _Silenced():
+                    restored = self._restore(state, iterator, candidate)
+            except Exception as e:  # noqa: BLE001  (any damage: truncated, missing, corrupt)
+                reason = _reason(e)
+                failures.append(f"step {candidate}: {reason}")
+                logging.warning("The checkpoint at step %d in %s cannot be restored (%s); "
+                                "trying the previous one.", candidate, self.directory, reason)
+                continue
+            for damaged in steps[:steps.index(candidate)]:
+                self._manager.delete(damaged)
+            if failures:
+                logging.warning("Restored the checkpoint at step %d in %s; deleted the damaged "
+                                "newer one(s) %s.", candidate, self.directory,
+                                steps[:steps.index(candidate)])
+            return restored
+        raise CheckpointError(
+            f"No checkpoint in {self.directory} can be restored:\n  " + "\n  ".join(failures)
+            + "\nDelete this directory to train the stage from the start.")
+
+    def _restore(self, state: Any, iterator: Any, step: int) -> Any:
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_tree(state))
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), data=CheckpointRestore(iterator)))

@@ -124,6 +124,54 @@ def test_resume_after_interruption_is_exact(cli_run, data_dir, tmp_path, devices
     assert _metrics(resumed) == _metrics(reference)
 
 
+def _damage(step_dir: str) -> list[str]:
+    """Cuts every file of a checkpoint's state to 10 bytes, as a pre-empted job can leave it."""
+    cut = []
+    for root, _, files in os.walk(os.path.join(step_dir, "state")):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "r+b") as f:
+                f.truncate(10)
+            cut.append(path)
+    assert cut, f"nothing to damage under {step_dir}"
+    return cut
+
+
+def test_resume_falls_back_past_a_damaged_checkpoint(cli_run, data_dir, tmp_path, devices,
+                                                      caplog):
+    """A truncated latest checkpoint: a warning naming its step, the previous one restores,
+    and the run ends with the numbers of an uninterrupted run; all damaged: one clear error."""
+    _, reference, _ = cli_run
+    config = _load_config(data_dir=data_dir)
+    workdir = str(tmp_path / "damaged")
+    url_dir = os.path.join(workdir, "checkpoints", "url")
+
+    class Killed(Exception):
+        pass
+
+    def kill(stage, step, state):
+        if stage == "url" and step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _run(config, workdir, step_hooks=(kill,))
+    _damage(os.path.join(url_dir, "4"))
+    seen = []
+
+    def hook(stage, step, state):
+        seen.append((stage, step))
+
+    with caplog.at_level("WARNING"):
+        resumed = _run(config, workdir, step_hooks=(hook,))
+    assert "The checkpoint at step 4" in caplog.text and "cannot be restored" in caplog.text
+    assert seen == [("url", 3), ("url", 4), ("url", 5), ("url", 6)]  # from step 2
+    assert _metrics(resumed) == _metrics(reference)
+    for step in checkpointing.Checkpointer(url_dir).all_steps():
+        _damage(os.path.join(url_dir, str(step)))
+    with pytest.raises(checkpointing.CheckpointError, match="can be restored"):
+        _run(config, workdir)  # a finished stage is restored too, so this one must fail
+
+
 def test_one_device_matches_eight(cli_run, data_dir, tmp_path, devices):
     _, reference, _ = cli_run
     config = _load_config(data_dir=data_dir)
