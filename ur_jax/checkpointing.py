@@ -27,6 +27,7 @@ from absl import logging
 from etils import epath
 from grain.checkpoint import CheckpointRestore, CheckpointSave  # registered with orbax
 
+from ur_jax import distributed
 from ur_jax.models import MultiHeadClassifier, get_backbone, get_dense_model
 
 MODEL_FILE = "model.json"
@@ -109,6 +110,10 @@ class Checkpointer:
         """Restores the checkpoint at ``step`` into a copy of ``state`` (whose arrays give
         shapes, dtypes and shardings) and ``iterator`` (in place).
 
+        Every process of a multi-process run calls it (orbax restores each process's
+        arrays and data-iterator state); a checkpoint counts as restored only when it
+        restores on every process.
+
         Without ``step``: the newest checkpoint that restores. A damaged one (a pre-empted
         job can leave truncated files behind) is reported with its step and the reason,
         deleted so that training can write that step again, and the previous kept
@@ -127,11 +132,14 @@ class Checkpointer:
             raise FileNotFoundError(f"No checkpoint in {self.directory}.")
         failures = []
         for candidate in steps:
+            error = None
             try:
                 with _Silenced():
                     restored = self._restore(state, iterator, candidate)
             except Exception as e:  # noqa: BLE001  (any damage: truncated, missing, corrupt)
-                reason = _reason(e)
+                error = e
+            if not distributed.agree(error is None):  # every process falls back alike
+                reason = _reason(error) if error else "it does not restore on another process"
                 failures.append(f"step {candidate}: {reason}")
                 logging.warning("The checkpoint at step %d in %s cannot be restored (%s); "
                                 "trying the previous one.", candidate, self.directory, reason)
@@ -160,14 +168,22 @@ class Checkpointer:
 
 
 def save_model(directory: str, spec: Mapping[str, Any], variables: Mapping[str, Any]) -> None:
-    """Writes a network: ``spec`` (see :func:`model_from_spec`) and its ``variables``."""
+    """Writes a network: ``spec`` (see :func:`model_from_spec`) and its ``variables``
+    (host arrays, e.g. from ``jax.device_get``).
+
+    On several processes every process calls it with the same values and the directory is
+    written once: process 0 writes ``model.json``, and orbax's save (every process takes
+    part; NumPy arrays are written by the primary process) ends at a barrier, so the model
+    is complete on disk for every process when the call returns.
+    """
     path = epath.Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:  # first: the variables' atomic rename completes the model
+        path.mkdir(parents=True, exist_ok=True)
+        (path / MODEL_FILE).write_text(json.dumps(dict(spec), indent=2, sort_keys=True))
     tree = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
     ckpt = ocp.StandardCheckpointer()
     ckpt.save((path / VARIABLES_DIR).absolute(), tree, force=True)
     ckpt.wait_until_finished()
-    (path / MODEL_FILE).write_text(json.dumps(dict(spec), indent=2, sort_keys=True))
 
 
 def model_spec(backbone: str, backbone_kwargs: Mapping[str, Any],

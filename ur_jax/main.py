@@ -6,6 +6,13 @@ already holds of the same config, and writes ``DIR/results.json``. Any config va
 be overridden: ``--config.seed=1``, ``--config.url.steps=2000``; a tuple of names takes
 comma-separated names (``--config.fewshot.methods=ncc,pa``). ``--overwrite`` replaces a run of
 a different config in ``DIR``.
+
+Several processes (one per host: a TPU pod slice, a multi-node GPU job, or local processes
+with CPU devices) run the same command with ``--coordinator_address=HOST:PORT
+--num_processes=N --process_id=I`` (the arguments of ``jax.distributed.initialize``), or
+without them where SLURM, Open MPI or a TPU pod starts the processes
+(:func:`ur_jax.distributed.initialize`). Process 0 writes the run's files; every process
+reads its part of each batch. README: "Several hosts".
 """
 
 from __future__ import annotations
@@ -21,6 +28,13 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.json.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False,
                                "Delete a run of a different config found in --workdir.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0 in a multi-process run "
+    "(jax.distributed.initialize); not needed where SLURM, Open MPI or a TPU pod starts it.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "Number of processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "This process's index in [0, --num_processes).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -52,6 +66,13 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    from ur_jax import distributed
+
+    try:  # before anything else uses JAX
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     from ur_jax import run  # after flag parsing: JAX reads its flags at import
     from ur_jax.config import split_names
 

@@ -7,10 +7,17 @@ XLA's SPMD partitioner inserts the collectives, so BatchNorm statistics, losses 
 gradients are global-batch quantities with no axis names in the model code, and a step
 on 8 devices computes what it computes on 1.
 
-Nothing else in ur_jax calls ``jax.device_put``. For multi-host runs call
-``jax.distributed.initialize()`` first and build global batches with
-``jax.make_array_from_process_local_data`` (:func:`shard_batch` does so when there is
-more than one process).
+Nothing else in ur_jax calls ``jax.device_put``. Batches reach the mesh in one of two ways:
+
+* :func:`global_batch`: each process passes its own part of the global batch (its
+  ``1 / process_count`` of every batch axis, as the input pipelines give it) and
+  ``jax.make_array_from_process_local_data`` assembles the global array. Training and test
+  batches take this way, so that every process decodes only its share.
+* :func:`shard_batch`: every process holds the whole batch (few-shot episodes, which every
+  process samples alike from the run's seed) and places its devices' rows.
+
+On one process the two are the same ``jax.device_put``. Multi-process runs start with
+:func:`ur_jax.distributed.initialize`.
 """
 
 from __future__ import annotations
@@ -26,10 +33,16 @@ DATA_AXIS = "data"
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh named ``'data'`` over ``devices`` (default: all devices)."""
+    """A 1-D mesh named ``'data'`` over ``devices`` (default: all devices).
+
+    The devices are ordered by process (then as given), so that process ``p``'s devices hold
+    the ``p``-th contiguous part of every batch, the part its input pipeline reads: the
+    global batch is then in the order of a one-process run.
+    """
     devices = list(jax.devices() if devices is None else devices)
     if not devices:
         raise ValueError("make_mesh needs at least one device.")
+    devices = sorted(devices, key=lambda d: d.process_index)  # stable: one process unchanged
     return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(AxisType.Auto,))
 
 
@@ -60,19 +73,38 @@ def _check_divisible(tree: Any, n: int) -> None:
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
-    """Splits every array of ``batch`` along its leading axis over the mesh.
+    """Splits every array of ``batch``, the whole batch, along its leading axis over the mesh.
 
-    On one process the arrays are the global batch; on several, each process passes
-    its own slice and the result is the global array. Raises ``ValueError`` if a
-    batch axis does not divide evenly over the devices.
+    Every process passes the same whole batch (on several processes each places the rows of
+    its own devices). For batches of which each process holds only its part, use
+    :func:`global_batch`.
+
+    Raises:
+      ValueError: a batch axis does not divide evenly over the mesh's devices.
     """
     sharding = data_sharded(mesh)
+    _check_divisible(batch, mesh.size)
     if jax.process_count() == 1:
-        _check_divisible(batch, mesh.size)
         return jax.device_put(batch, sharding)
-    _check_divisible(batch, len(mesh.local_devices))
+    return jax.tree.map(lambda x: jax.make_array_from_callback(
+        np.shape(x), sharding, lambda index, x=np.asarray(x): x[index]), batch)
+
+
+def global_batch(local: Any, mesh: Mesh) -> Any:
+    """The global batch from each process's part of it: every array of ``local`` holds this
+    process's contiguous ``1 / process_count`` of the batch axis (process 0 the first part),
+    and the result is split over the mesh like :func:`shard_batch`'s
+    (``jax.make_array_from_process_local_data``). On one process ``local`` is the whole batch.
+
+    Raises:
+      ValueError: a local batch axis does not divide evenly over this process's devices.
+    """
+    if jax.process_count() == 1:
+        return shard_batch(local, mesh)
+    sharding = data_sharded(mesh)
+    _check_divisible(local, len(mesh.local_devices))
     return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
 
 
 def data_shards() -> int:

@@ -12,6 +12,14 @@ record a dict ``{'image': uint8 (H, W, C), 'label': int}``.
   exact (:mod:`ur_jax.checkpointing`).
 * :func:`eval_batches`: the whole split once, in fixed-size batches with a ``'mask'``
   (1 = real example) so that the last, padded batch reuses the compiled step.
+
+Several processes (:mod:`ur_jax.distributed`): with ``process_index`` / ``process_count``
+both pipelines give each process only its part of every global batch, the
+``process_index``-th of ``process_count`` equal contiguous parts, and decode only those
+records. Every process follows the same seeded global order, so the global batches that
+:func:`ur_jax.sharding.global_batch` assembles from the parts hold the same examples in the
+same order as on one process, the iterator's state is still one index, and evaluation sees
+every example once.
 """
 
 from __future__ import annotations
@@ -89,10 +97,58 @@ def _per_domain(value: Any, domain: str, what: str) -> Any:
     return value
 
 
+def process_batch_size(batch_size: int, process_count: int, what: str = "batch size") -> int:
+    """``batch_size // process_count``: the examples of each global batch one process reads.
+
+    Raises:
+      ValueError: ``process_count`` does not divide ``batch_size`` (the message names
+        ``what``, e.g. the config key).
+    """
+    batch_size, process_count = int(batch_size), int(process_count)
+    if process_count < 1:
+        raise ValueError(f"process_count must be positive; found {process_count}.")
+    if batch_size % process_count:
+        raise ValueError(f"The {what} {batch_size} does not divide over the {process_count} "
+                         f"processes of this run: each process reads an equal part of every "
+                         f"batch. Choose a multiple of {process_count}.")
+    return batch_size // process_count
+
+
+def _check_process(process_index: int, process_count: int) -> None:
+    if not 0 <= int(process_index) < int(process_count):
+        raise ValueError(f"process_index must lie in [0, {process_count}); found "
+                         f"{process_index}.")
+
+
+def process_part(records: grain.MapDataset, batch_size: int, process_index: int,
+                 process_count: int) -> grain.MapDataset:
+    """The records of ``records`` that one process reads when they are batched by
+    ``batch_size``: of every ``batch_size`` consecutive records, the ``process_index``-th of
+    ``process_count`` equal contiguous parts. Batching the result by ``batch_size //
+    process_count`` gives this process's part of each global batch; only those records are
+    read (and so decoded and augmented, with the random numbers of their global position).
+
+    Raises:
+      ValueError: ``process_count`` does not divide ``batch_size``; a bad ``process_index``.
+    """
+    _check_process(process_index, process_count)
+    local = process_batch_size(batch_size, process_count)
+    if process_count == 1:
+        return records
+    offset = int(process_index) * local
+    batch_size = int(batch_size)
+
+    def read(j: int) -> Any:
+        block, k = divmod(int(j), local)
+        return records[block * batch_size + offset + k]
+
+    return grain.MapDataset.range(len(records) // batch_size * local).map(read)
+
+
 def train_batches(sources: Mapping[str, Source], batch_sizes: Mapping[str, int], seed: int,
                   augment: str | Mapping[str, Callable[..., Any]] = "none", pad: int = 2,
-                  normalize: Normalization | Mapping[str, Normalization] = Normalization()
-                  ) -> grain.MapDataset:
+                  normalize: Normalization | Mapping[str, Normalization] = Normalization(),
+                  process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
     """Infinite multi-domain training batches (see the module docstring).
 
     Args:
@@ -105,8 +161,17 @@ def train_batches(sources: Mapping[str, Source], batch_sizes: Mapping[str, int],
         'label'}`` (e.g. the Decathlon's decode, resize, crop and flip).
       normalize: how uint8 images become float32: one :class:`Normalization`, or one per
         domain.
+      process_index, process_count: this process's part of every batch
+        (:func:`process_part`): ``batch_sizes[d] // process_count`` examples of domain ``d``.
+
+    Raises:
+      ValueError: no sources, a missing or non-positive batch size, an empty source, or a
+        batch size ``process_count`` does not divide.
     """
     _check_sources(sources, batch_sizes)
+    _check_process(process_index, process_count)
+    for d in sources:
+        process_batch_size(batch_sizes[d], process_count, f"batch size of domain {d!r}")
     per_domain = []
     for i, (d, src) in enumerate(sources.items()):
         ds = grain.MapDataset.source(src).seed(int(seed) * 1009 + i).shuffle().repeat()
@@ -115,7 +180,8 @@ def train_batches(sources: Mapping[str, Source], batch_sizes: Mapping[str, int],
             ds = ds.random_map(transform)
         elif transform != "none":
             ds = ds.random_map(_augment(transform, pad))
-        ds = ds.batch(int(batch_sizes[d]), drop_remainder=True).map(
+        ds = process_part(ds, batch_sizes[d], process_index, process_count)
+        ds = ds.batch(int(batch_sizes[d]) // int(process_count), drop_remainder=True).map(
             _to_arrays(_per_domain(normalize, d, "normalization")))
         per_domain.append(ds)
     names = list(sources)
@@ -138,18 +204,46 @@ def iterate(dataset: grain.MapDataset, num_threads: int = 2,
     return iter(dataset.to_iter_dataset(options))
 
 
+def process_eval_indices(n: int, batch_size: int, process_index: int = 0,
+                         process_count: int = 1) -> list[np.ndarray]:
+    """For each of the ``ceil(n / batch_size)`` global evaluation batches over records
+    ``0 .. n - 1``, the record indices this process reads: its contiguous
+    ``batch_size // process_count`` part of the batch, cut at ``n`` (so the last batches'
+    parts may be short or empty; together the processes read every record once).
+
+    Raises:
+      ValueError: ``process_count`` does not divide ``batch_size``; a bad ``process_index``.
+    """
+    _check_process(process_index, process_count)
+    local = process_batch_size(batch_size, process_count, "evaluation batch size")
+    n, batch_size = int(n), int(batch_size)
+    first = int(process_index) * local
+    return [np.arange(b * batch_size + first, min(b * batch_size + first + local, n))
+            for b in range(-(-n // batch_size))]
+
+
 def eval_batches(source: Source, batch_size: int,
                  normalize: Normalization = Normalization(),
                  limit: int | None = None,
-                 transform: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
+                 transform: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
+                 process_index: int = 0, process_count: int = 1
                  ) -> Iterator[dict[str, np.ndarray]]:
     """The split once, in order, in batches of exactly ``batch_size``.
 
     Each batch has ``'image'``, ``'label'`` and ``'mask'`` (float32, 1 for real
-    examples); the last batch is padded with copies of the first example (mask 0,
+    examples); the last batch is padded with copies of its first example (mask 0,
     label -1). ``limit``: use only the first ``limit`` examples. ``transform``: a
     per-record function applied first (e.g. decode and centre-crop); an ``'image_id'``
     it or the source provides is passed through (padding: -1).
+
+    ``process_index`` / ``process_count``: yield only this process's part of each batch
+    (:func:`process_eval_indices`), ``batch_size // process_count`` examples padded the same
+    way; every process yields the same number of batches (a part past the end of the split
+    is all padding, copies of the split's first example).
+
+    Raises:
+      ValueError: an empty split, a non-positive batch size, or one ``process_count`` does
+        not divide.
     """
     n = len(source) if limit is None else min(int(limit), len(source))
     if n < 1:
@@ -159,20 +253,35 @@ def eval_batches(source: Source, batch_size: int,
     ds = grain.MapDataset.source(source).slice(slice(0, n))
     if transform is not None:
         ds = ds.map(transform)
-    for batch in ds.batch(batch_size):
+    if process_count == 1:
+        batches: Iterator[Any] = iter(ds.batch(batch_size))
+        size = batch_size
+    else:
+        size = process_batch_size(batch_size, process_count, "evaluation batch size")
+        batches = (_stack([ds[int(i)] for i in (idx if len(idx) else [0])], bool(len(idx)))
+                   for idx in process_eval_indices(n, batch_size, process_index, process_count))
+    for batch in batches:
+        k = len(batch["label"]) if batch.pop("_real", True) else 0
         images = normalize(batch["image"])
-        labels = np.asarray(batch["label"], np.int32)
-        k = len(labels)
-        mask = np.zeros(batch_size, np.float32)
+        labels = np.asarray(batch["label"], np.int32)[:k]
+        mask = np.zeros(size, np.float32)
         mask[:k] = 1.0
-        if k < batch_size:
-            images = np.concatenate([images, np.repeat(images[:1], batch_size - k, 0)])
-            labels = np.concatenate([labels, np.full(batch_size - k, -1, np.int32)])
+        if k < size:
+            images = np.concatenate([images[:k], np.repeat(images[:1], size - k, 0)])
+            labels = np.concatenate([labels, np.full(size - k, -1, np.int32)])
         out = {"image": images, "label": labels, "mask": mask}
         if "image_id" in batch:
-            ids = np.asarray(batch["image_id"], np.int64)
-            out["image_id"] = np.concatenate([ids, np.full(batch_size - k, -1, np.int64)])
+            ids = np.asarray(batch["image_id"], np.int64)[:k]
+            out["image_id"] = np.concatenate([ids, np.full(size - k, -1, np.int64)])
         yield out
+
+
+def _stack(records: Sequence[Mapping[str, Any]], real: bool) -> dict[str, Any]:
+    """Records stacked into one batch dict (what grain's ``batch`` makes); ``real=False``
+    marks a batch that only carries a padding example."""
+    out: dict[str, Any] = {k: np.stack([np.asarray(r[k]) for r in records]) for k in records[0]}
+    out["_real"] = real
+    return out
 
 
 def load_split(source: Source, normalize: Normalization = Normalization(),

@@ -174,16 +174,22 @@ class DenseData:
     make_train_batches: Callable[..., Any] | None = None
     make_eval_batches: Callable[..., Any] | None = None
 
-    def train_batches(self, batch_size: int, seed: int, augment: bool) -> Any:
+    def train_batches(self, batch_size: int, seed: int, augment: bool, process_index: int = 0,
+                      process_count: int = 1) -> Any:
         """Infinite training batches of the train split (``make_train_batches(train,
-        batch_size, seed=, augment=, depth_kind=)``, the suite's pipeline)."""
+        batch_size, seed=, augment=, depth_kind=, process_index=, process_count=)``, the
+        suite's pipeline; each process gets its part of every batch)."""
         return self.make_train_batches(self.train, batch_size, seed=seed, augment=augment,
-                                       depth_kind=self.depth_kind)
+                                       depth_kind=self.depth_kind, process_index=process_index,
+                                       process_count=process_count)
 
-    def eval_batches(self, batch_size: int, limit: int | None = None) -> Any:
+    def eval_batches(self, batch_size: int, limit: int | None = None, process_index: int = 0,
+                     process_count: int = 1) -> Any:
         """The test split once, in padded batches (``make_eval_batches(test, batch_size,
-        limit=)``)."""
-        return self.make_eval_batches(self.test, batch_size, limit=limit)
+        limit=, process_index=, process_count=)``; each process gets its part of every
+        batch)."""
+        return self.make_eval_batches(self.test, batch_size, limit=limit,
+                                      process_index=process_index, process_count=process_count)
 
 
 def register_dense(name: str, loader: DenseLoader) -> None:

@@ -74,6 +74,22 @@ class RunContext:
     models: dict[str, Any] = dataclasses.field(default_factory=dict)
     results: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    @property
+    def process_part(self) -> dict[str, int]:
+        """``{'process_index', 'process_count'}`` of this process: the keyword arguments
+        with which the input pipelines give each process its part of every global batch
+        (:mod:`ur_jax.data.pipeline`; ``{0, 1}`` on one process)."""
+        import jax
+
+        return {"process_index": jax.process_index(), "process_count": jax.process_count()}
+
+    @property
+    def is_primary(self) -> bool:
+        """Whether this process writes the run's files (process 0; :mod:`ur_jax.distributed`)."""
+        import jax
+
+        return jax.process_index() == 0
+
     def seed(self, *path: int) -> int:
         """A deterministic 31-bit seed for one random choice of the run: the config's
         ``seed`` and the integer ``path`` naming the choice, through

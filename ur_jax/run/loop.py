@@ -79,7 +79,7 @@ def fit(ctx: RunContext, stage: str, step_fn: Callable[..., Any], state: Any, da
         history: list[dict[str, Any]] = []
         t0, s0 = time.perf_counter(), step
         while step < num_steps:
-            batch = sharding.shard_batch(next(iterator), ctx.mesh)
+            batch = sharding.global_batch(next(iterator), ctx.mesh)  # this process's part
             if teacher_vars is None:
                 state, metrics = step_fn(state, batch)
             else:

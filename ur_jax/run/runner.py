@@ -21,13 +21,14 @@ import ml_collections
 from absl import logging
 from jax.sharding import Mesh
 
-from ur_jax import sharding, stages, writers
+from ur_jax import distributed, sharding, stages, writers
 from ur_jax.config.validation import validate
 from ur_jax.evaluation import evaluators
 from ur_jax.run import problems
 from ur_jax.run.context import CompiledCache, RunContext, StepHook
 from ur_jax.run.logs import quiet_library_logs
-from ur_jax.run.workdir import RESULTS_FILE, TIMING_FILE, flatten, prepare_workdir, write_json
+from ur_jax.run.workdir import (RESULTS_FILE, TIMING_FILE, WorkdirError, flatten,
+                                prepare_workdir, write_json)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False,
@@ -56,13 +57,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
     chosen = evaluators.for_run(tuple(config.evaluators) or problem.evaluators,
                                 problem.name)
     quiet_library_logs()
-    workdir = prepare_workdir(workdir, config, overwrite)
+    primary = distributed.is_primary()
+    workdir = _prepare_workdir(workdir, config, overwrite, primary)
     mesh = sharding.make_mesh() if mesh is None else mesh
-    logging.info("ur_jax (%s): %d %s device(s); workdir %s", problem.name, jax.device_count(),
-                 jax.default_backend(), workdir)
-    data = problem.load(config)
+    logging.info("ur_jax (%s): %d %s device(s) in %d process(es); workdir %s", problem.name,
+                 jax.device_count(), jax.default_backend(), jax.process_count(), workdir)
+    data = _load_data(problem, config, primary)
     config_json = json.loads(config.to_json_best_effort())
-    writer = writers.create_writer(os.path.join(workdir, "tensorboard"))
+    writer = writers.create_writer(os.path.join(workdir, "tensorboard") if primary else None)
     ctx = RunContext(config=config, mesh=mesh, workdir=workdir, writer=writer, data=data,
                      cache=CompiledCache() if cache is None else cache, step_hooks=tuple(step_hooks))
     ctx.results.update({"config": config_json,
@@ -84,14 +86,51 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
                     ctx.results[evaluator.result_key] = result
     finally:
         writer.close()
-    write_json(os.path.join(workdir, RESULTS_FILE), ctx.results)
-    # Timing differs between runs, so it stays out of results.json.
-    write_json(os.path.join(workdir, TIMING_FILE),
-               {"wall_time_s": time.perf_counter() - t_start, "devices": jax.device_count(),
-                "backend": jax.default_backend()})
-    logging.info("Results written to %s", os.path.join(workdir, RESULTS_FILE))
-    print(problem.table(ctx.results), flush=True)
+    if primary:
+        write_json(os.path.join(workdir, RESULTS_FILE), ctx.results)
+        # Timing differs between runs, so it stays out of results.json.
+        write_json(os.path.join(workdir, TIMING_FILE),
+                   {"wall_time_s": time.perf_counter() - t_start, "devices": jax.device_count(),
+                    "processes": jax.process_count(), "backend": jax.default_backend()})
+        logging.info("Results written to %s", os.path.join(workdir, RESULTS_FILE))
+        print(problem.table(ctx.results), flush=True)
+    distributed.barrier("ur_jax:results")  # the run ends when its results are on disk
     return ctx.results
+
+
+def _prepare_workdir(workdir: str, config, overwrite: bool, primary: bool) -> str:
+    """:func:`prepare_workdir` on several processes: every process checks the recorded
+    config first (so all raise alike), then process 0 creates, cleans and records."""
+    if jax.process_count() == 1:
+        return prepare_workdir(workdir, config, overwrite)
+    prepare_workdir(workdir, config, overwrite, primary=False)
+    distributed.barrier("ur_jax:workdir-checked")
+    error = None
+    if primary:
+        try:
+            workdir = prepare_workdir(workdir, config, overwrite)
+        except WorkdirError as e:
+            error = e
+    if not distributed.agree(error is None):
+        raise error or WorkdirError(f"Process 0 could not prepare the workdir {workdir!r}; "
+                                    f"its log says why.")
+    return os.path.abspath(os.path.expanduser(workdir))
+
+
+def _load_data(problem, config, primary: bool):
+    """``problem.load(config)``: process 0 first (a first run prepares datasets, e.g. builds
+    TFDS records), the others once it has."""
+    if jax.process_count() == 1:
+        return problem.load(config)
+    data, error = None, None
+    if primary:
+        try:
+            data = problem.load(config)
+        except (FileNotFoundError, ValueError) as e:
+            error = e
+    if not distributed.agree(error is None):  # also the barrier the others wait at
+        raise error or FileNotFoundError("Process 0 could not load the data; its log says why.")
+    return data if primary else problem.load(config)
 
 
 def _evaluate_stage(ctx: RunContext, chosen, name: str, models) -> dict[str, Any]:

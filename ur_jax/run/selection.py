@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from ur_jax import checkpointing
+from ur_jax import checkpointing, distributed
 from ur_jax.run.context import RunContext
 from ur_jax.run.workdir import write_json
 
@@ -59,11 +59,12 @@ class BestModel:
         logging.info("[%s] step %d: validation accuracy %.2f%%%s", self.stage, step, accuracy,
                      " (best so far)" if improved else f" (best {best['accuracy']:.2f}% at step "
                                                        f"{best['step']})")
-        if improved:
+        if improved:  # every process decides alike: the measure is the global one
             checkpointing.save_model(os.path.join(self.directory, "model"), self.spec, variables)
-            os.makedirs(self.directory, exist_ok=True)
-            write_json(self.record, {"step": int(step), "accuracy": accuracy,
-                                     "per_domain": per_domain})
+            if distributed.is_primary():  # after save_model, where every process has read
+                os.makedirs(self.directory, exist_ok=True)
+                write_json(self.record, {"step": int(step), "accuracy": accuracy,
+                                         "per_domain": per_domain})
 
     def load(self) -> dict[str, Any]:
         """The selected model's variables."""

@@ -81,9 +81,15 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix}: {a!r} -> {b!r}"]
 
 
-def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, overwrite: bool = False) -> str:
+def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, overwrite: bool = False,
+                    primary: bool = True) -> str:
     """Creates ``workdir`` (checking it is writable), records ``config`` in it and returns
     its absolute path.
+
+    ``primary=False`` (every process but 0 of a multi-process run, :mod:`ur_jax.distributed`)
+    only checks the recorded config: it raises what process 0 raises for it, and creates,
+    writes and deletes nothing. Every process checks before process 0 changes anything; the runner
+    passes barriers around this call.
 
     Raises:
       WorkdirError: the directory is not writable, or it holds a run of a different config
@@ -93,15 +99,8 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, overwrite: 
         (:func:`with_declared_defaults`).
     """
     workdir = os.path.abspath(os.path.expanduser(workdir))
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_test_{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise WorkdirError(f"Cannot write to the workdir {workdir!r} ({e.strerror or e}). "
-                           f"Choose a --workdir you can write to.") from None
+    if primary:
+        _check_writable(workdir)
     path = os.path.join(workdir, CONFIG_FILE)
     current = json.loads(config.to_json_best_effort())
     if os.path.exists(path):
@@ -114,7 +113,7 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, overwrite: 
                 + "\n  ".join(diffs[:20])
                 + "\nUse another --workdir, or pass --overwrite to delete that run's outputs "
                   "and start again.")
-        if diffs:
+        if diffs and primary:
             logging.warning("Overwriting the run in %s (config changed: %s).", workdir,
                             "; ".join(diffs[:5]))
             for name in RUN_OUTPUTS:
@@ -123,8 +122,26 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, overwrite: 
                     shutil.rmtree(target)
                 elif os.path.exists(target):
                     os.remove(target)
-    write_json(path, current)
+    if primary:
+        write_json(path, current)
     return workdir
+
+
+def _check_writable(workdir: str) -> None:
+    """Creates ``workdir`` and writes a probe file in it.
+
+    Raises:
+      WorkdirError: it cannot be created or written to.
+    """
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write_test_{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise WorkdirError(f"Cannot write to the workdir {workdir!r} ({e.strerror or e}). "
+                           f"Choose a --workdir you can write to.") from None
 
 
 def write_json(path: str, obj: Any) -> None:

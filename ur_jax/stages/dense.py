@@ -94,7 +94,7 @@ def fit_dense(ctx: RunContext, name: str, step_fn, state, stage_config, seed: in
     """Trains a dense stage through :func:`ur_jax.run.loop.fit` on the training split."""
     data = ctx.data
     dataset = data.train_batches(int(stage_config.batch_size), seed=seed,
-                                 augment=bool(ctx.config.augment))
+                                 augment=bool(ctx.config.augment), **ctx.process_part)
     num_steps = stage_steps(stage_config, steps_per_epoch(data, stage_config.batch_size))
     return fit(ctx, name, step_fn, state, dataset, num_steps,
                examples_per_step=int(stage_config.batch_size), teacher_vars=teacher_vars)

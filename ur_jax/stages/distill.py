@@ -79,7 +79,7 @@ def url(ctx: RunContext) -> dict[str, tuple[MultiHeadClassifier, dict]]:
     dataset = pipeline.train_batches({d: data.train[d] for d in domains}, batch_sizes,
                                      seed=ctx.seed(3, 1),
                                      augment=settings.get("augment", config.augment),
-                                     normalize=settings["normalize"])
+                                     normalize=settings["normalize"], **ctx.process_part)
     every = stage_select_every(config, u)
     select = selection(ctx, "url", student_spec(config, data), model, {d: d for d in domains},
                        lambda st: {"params": st.params["student"], "batch_stats": st.batch_stats},

@@ -54,7 +54,7 @@ def train_classifier(ctx: RunContext, name: str, stage_config, model, names: Map
     dataset = pipeline.train_batches({m: ctx.data.train[d] for m, d in names.items()},
                                      batch_sizes, seed=ctx.seed(*seed_path, 1),
                                      augment=settings.get("augment", ctx.config.augment),
-                                     normalize=settings["normalize"])
+                                     normalize=settings["normalize"], **ctx.process_part)
     every = stage_select_every(ctx.config, stage_config, lr_domain)
     select = selection(ctx, name, spec, model, names,
                        lambda st: {"params": st.params, "batch_stats": st.batch_stats}, every)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from ur_jax import sharding, steps
+from ur_jax import distributed, sharding, steps
 from ur_jax.data import pipeline
 from ur_jax.evaluation.evaluators import register
 
@@ -59,7 +59,8 @@ def evaluate(ctx, model, variables: Mapping[str, Any], sources: Mapping[str, Any
     transform, normalize = transform or {}, normalize or {}
     iters = {d: pipeline.eval_batches(src, config.eval_batch_size,
                                       normalize.get(d, pipeline.Normalization()),
-                                      limit=config.eval_limit or None, transform=transform.get(d))
+                                      limit=config.eval_limit or None, transform=transform.get(d),
+                                      **ctx.process_part)
              for d, src in sources.items()}
     sums = None  # per-batch sums added on device: one host transfer at the end
     collected: dict[str, list] = {d: [] for d in sources}
@@ -73,7 +74,7 @@ def evaluate(ctx, model, variables: Mapping[str, Any], sources: Mapping[str, Any
         filler = next(iter(batch.values()))
         for d in sources:  # exhausted domains: fully masked batches keep one compiled shape
             batch.setdefault(d, {**filler, "mask": np.zeros_like(filler["mask"])})
-        sharded = sharding.shard_batch(batch, mesh)
+        sharded = sharding.global_batch(batch, mesh)  # each process holds its part
         out = eval_step(params, stats, sharded)
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
         if predictions is not None:
@@ -83,7 +84,7 @@ def evaluate(ctx, model, variables: Mapping[str, Any], sources: Mapping[str, Any
                 if i is None:
                     raise ValueError(f"Predictions need records with an 'image_id'; the {d!r} "
                                      f"source has none.")
-                collected[d].append((i, pred[d]))
+                collected[d].append((distributed.gather_parts(i), pred[d]))
     totals = {k: float(v) for k, v in jax.device_get(sums).items()}
     if predictions is not None:
         for d, parts in collected.items():
@@ -151,7 +152,7 @@ def classification(ctx, name: str, models: Mapping[str, tuple[Any, dict]]) -> di
         if split == "val" and data.export_predictions is not None:
             evaluate(ctx, model, variables, {d: data.test[d] for d in domains},
                      settings.get("transform"), settings["normalize"], predictions=predictions)
-    if predictions:
+    if predictions and ctx.is_primary:
         path = data.export_predictions(
             predictions, os.path.join(ctx.workdir, "predictions", f"{name}_test.json"))
         logging.info("[%s] test predictions written to %s", name, path)

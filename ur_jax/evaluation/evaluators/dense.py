@@ -32,9 +32,9 @@ def evaluate(ctx, model, variables: Mapping[str, Any], tasks) -> dict[str, dict[
     params, stats = variables["params"], variables.get("batch_stats", {})
     sums = None
     for batch in data.eval_batches(ctx.config.eval_batch_size,
-                                   limit=ctx.config.eval_limit or None):
+                                   limit=ctx.config.eval_limit or None, **ctx.process_part):
         batch = {k: v for k, v in batch.items() if k in ("image", "mask", *tasks)}
-        out = eval_step(params, stats, sharding.shard_batch(batch, mesh))
+        out = eval_step(params, stats, sharding.global_batch(batch, mesh))
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     sums = jax.device_get(sums)
     return {t: dense_eval.finalize(t, sums[t]) for t in tasks}

@@ -257,7 +257,8 @@ def _check_source(source: Any, batch_size: int) -> None:
 def dense_train_batches(source: Any, batch_size: int, seed: int, augment: bool = True,
                         depth_kind: str = "depth",
                         scales: Sequence[float] = DEFAULT_SCALES,
-                        flip: bool = True) -> grain.MapDataset:
+                        flip: bool = True, process_index: int = 0,
+                        process_count: int = 1) -> grain.MapDataset:
     """Infinite training batches of a dense source; element ``i`` depends only on
     ``(seed, i)``.
 
@@ -275,6 +276,12 @@ def dense_train_batches(source: Any, batch_size: int, seed: int, augment: bool =
       depth_kind: ``'depth'`` (NYU-v2) or ``'inverse_depth'`` (Cityscapes); see
         :data:`ur_jax.suites.dense.mtan.DEPTH_KIND`.
       scales, flip: see :func:`augment`.
+      process_index, process_count: this process's part of every global batch
+        (:func:`ur_jax.data.pipeline.process_part`), ``B = batch_size // process_count``.
+
+    Raises:
+      ValueError: an empty source, a bad batch size (or one ``process_count`` does not
+        divide), depth kind or scales.
 
     Returns:
       A :class:`grain.MapDataset` of ``{'image': float32 (B, H, W, 3), 'semantic': int32
@@ -291,14 +298,25 @@ def dense_train_batches(source: Any, batch_size: int, seed: int, augment: bool =
             return _augment_example(record, rng, depth_kind, scales, flip)
 
         ds = ds.random_map(transform)
-    return ds.batch(int(batch_size), drop_remainder=True)
+    ds = pipeline.process_part(ds, batch_size, process_index, process_count)
+    return ds.batch(int(batch_size) // int(process_count), drop_remainder=True)
 
 
 _augment_example = augment  # `dense_train_batches` has a parameter named `augment`
 
 
-def dense_eval_batches(source: Any, batch_size: int,
-                       limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+def _stack_part(records: grain.MapDataset, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """``records[indices]`` stacked into a batch; for no index, one record of the split with
+    ``'mask'`` 0 (its arrays give the shapes and dtypes of an all-padding part)."""
+    chosen = [records[int(i)] for i in indices] or [records[0]]
+    out = {k: np.stack([r[k] for r in chosen]) for k in chosen[0]}
+    out["mask"] = np.full(len(chosen), 1.0 if len(indices) else 0.0, np.float32)
+    return out
+
+
+def dense_eval_batches(source: Any, batch_size: int, limit: int | None = None,
+                       process_index: int = 0, process_count: int = 1
+                       ) -> Iterator[dict[str, np.ndarray]]:
     """The split once, in order, in batches of exactly ``batch_size``.
 
     Each batch holds the source's keys (converted as in :func:`dense_train_batches`) and
@@ -310,21 +328,35 @@ def dense_eval_batches(source: Any, batch_size: int,
       source: random-access source of records.
       batch_size: examples per batch.
       limit: use only the first ``limit`` examples.
+      process_index, process_count: yield only this process's part of each batch
+        (:func:`ur_jax.data.pipeline.process_eval_indices`), ``batch_size // process_count``
+        examples padded the same way; every process yields the same number of batches.
+
+    Raises:
+      ValueError: an empty split, or a batch size that is not positive or that
+        ``process_count`` does not divide.
     """
     n = len(source) if limit is None else min(int(limit), len(source))
     if n < 1:
         raise ValueError("Cannot evaluate on an empty split (or limit < 1).")
     _check_source(source, batch_size)
     fill = {"image": 0, "semantic": -1, "depth": 0, "normal": 0}
-    ds = grain.MapDataset.source(source).slice(slice(0, n)).map(_as_record).batch(
-        int(batch_size))
-    for batch in ds:
-        k = len(batch["image"])
+    records = grain.MapDataset.source(source).slice(slice(0, n)).map(_as_record)
+    if process_count == 1:
+        batches: Iterator[Any] = iter(records.batch(int(batch_size)))
+    else:
+        batch_size = pipeline.process_batch_size(batch_size, process_count,
+                                                 "evaluation batch size")
+        batches = (_stack_part(records, idx) for idx in pipeline.process_eval_indices(
+            n, batch_size * process_count, process_index, process_count))
+    for batch in batches:
+        real = batch.pop("mask", None)  # only a process's part has one
+        k = len(batch["image"]) if real is None else int(real.sum())
         out = {}
         for key, value in batch.items():
             if k < batch_size:
                 pad = np.full((batch_size - k, *value.shape[1:]), fill[key], value.dtype)
-                value = np.concatenate([value, pad])
+                value = np.concatenate([value[:k], pad])
             out[key] = value
         mask = np.zeros(batch_size, np.float32)
         mask[:k] = 1.0
