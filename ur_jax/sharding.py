@@ -107,6 +107,24 @@ def global_batch(local: Any, mesh: Mesh) -> Any:
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
 
 
+def to_host(tree: Any) -> Any:
+    """``tree`` with every JAX array fetched as a NumPy array, on every process.
+
+    ``jax.device_get`` cannot fetch an array split over devices of several processes (the
+    output of a plain ``jax.jit`` on a batch from :func:`shard_batch`): such an array is
+    gathered with ``multihost_utils.process_allgather``, so every process must call this at
+    the same point. On one process it is ``jax.device_get``.
+    """
+    def get(x: Any) -> Any:
+        if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return jax.device_get(x)
+
+    return jax.tree.map(get, tree)
+
+
 def data_shards() -> int:
     """How many shards the batch axis has in the mesh context being traced (1 outside one).
 

@@ -45,3 +45,12 @@ def test_jit_data_parallel_sets_context_mesh_and_replicates_outputs():
     assert float(state) == 28.0 and float(mean) == 3.5
     assert state.sharding.is_fully_replicated
     assert sharding.data_shards() == 1  # outside a step
+
+
+def test_to_host_fetches_sharded_outputs(devices):
+    mesh = sharding.make_mesh(devices)
+    x = sharding.shard_batch(np.arange(16, dtype=np.float32).reshape(8, 2), mesh)
+    out = sharding.to_host({"double": x * 2, "plain": 3})
+    assert isinstance(out["double"], np.ndarray)
+    np.testing.assert_array_equal(out["double"], np.arange(16).reshape(8, 2) * 2)
+    assert out["plain"] == 3

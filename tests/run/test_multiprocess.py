@@ -177,3 +177,25 @@ def test_dense_two_processes_match_one_process(data_dir, tmp_path, devices):
             assert two[row]["normal"][metric] == pytest.approx(one[row]["normal"][metric],
                                                                abs=1.5), (row, metric)
     assert len(os.listdir(os.path.join(workdir, "tensorboard"))) == 1
+
+
+def test_metadataset_two_processes_match_one_process(tmp_path, devices):
+    """metadataset_url.py:smoke: process 0 builds the TFDS records while the other waits;
+    episodic model selection and few-shot evaluation (NCC, PA) sample the same episodes on
+    every process and fetch features computed over both processes' devices."""
+    from ur_jax.suites.metadataset.fake import write_fake_records
+
+    records = write_fake_records(str(tmp_path / "records"))
+    data = str(tmp_path / "tfds")
+    overrides = [f"--config.metadataset.records_dir={records}", f"--config.data_dir={data}"]
+    two = _run_two("configs/metadataset_url.py:smoke", str(tmp_path / "two"), overrides)
+    config = load_config(os.path.join(ROOT, "configs", "metadataset_url.py") + ":smoke",
+                         **{"metadataset.records_dir": records, "data_dir": data})
+    one = run_lib.run(config, str(tmp_path / "one"), cache=_CACHE)
+    rows = one["fewshot"]["rows"]
+    assert rows and two["fewshot"]["rows"].keys() == rows.keys()
+    for row, per_source in rows.items():
+        for source, value in per_source.items():
+            if isinstance(value, dict) and "accuracy" in value:
+                assert two["fewshot"]["rows"][row][source]["accuracy"] == pytest.approx(
+                    value["accuracy"], abs=1.0), (row, source)

@@ -282,7 +282,7 @@ class EpisodeEvaluator:
             out.append((fn(self.variables, sharding.shard_batch(x, self.mesh)), len(idx)))
         if not out:
             return np.zeros((0, 0), np.float32)
-        return np.concatenate([np.asarray(jax.device_get(f))[:k] for f, k in out])
+        return np.concatenate([np.asarray(sharding.to_host(f))[:k] for f, k in out])
 
     # -- episodes -------------------------------------------------------------------------
 
@@ -417,7 +417,7 @@ class EpisodeEvaluator:
                     pending[-3].block_until_ready()
                 if progress is not None:
                     progress(i + 1, len(episodes))
-        return np.asarray(jax.device_get(pending), np.float32)
+        return np.asarray(sharding.to_host(pending), np.float32)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
