@@ -16,7 +16,8 @@ Nothing else in ur_jax calls ``jax.device_put``. Batches reach the mesh in one o
 * :func:`shard_batch`: every process holds the whole batch (few-shot episodes, which every
   process samples alike from the run's seed) and places its devices' rows.
 
-On one process the two are the same ``jax.device_put``. Multi-process runs start with
+On one process the two are the same ``jax.device_put``. :func:`to_host` fetches a step's
+output on every process, also one split over several processes' devices. Multi-process runs start with
 :func:`ur_jax.distributed.initialize`.
 """
 

@@ -24,7 +24,9 @@ def _commands() -> list[tuple[str, str]]:
         for line in text.splitlines():
             m = re.search(r"python -m ur_jax[\w.]*.*", line)
             if m:
-                out.append((path.name, m.group(0).split("`")[0].split("#")[0].strip()))
+                # (a command inside a shell string, e.g. gcloud's --command "...", ends in a quote)
+                out.append((path.name,
+                            m.group(0).split("`")[0].split("#")[0].strip().rstrip("\"'")))
     return out
 
 
