@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import gc
+import glob
 import json
 import logging as pylogging
 import os
@@ -25,7 +26,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
-from grain.checkpoint import CheckpointRestore, CheckpointSave  # registered with orbax
+from grain.checkpoint import CheckpointSave  # registered with orbax
 
 from ur_jax import distributed
 from ur_jax.models import MultiHeadClassifier, get_backbone, get_dense_model
@@ -110,34 +111,46 @@ class Checkpointer:
         """Restores the checkpoint at ``step`` into a copy of ``state`` (whose arrays give
         shapes, dtypes and shardings) and ``iterator`` (in place).
 
-        Every process of a multi-process run calls it (orbax restores each process's
-        arrays and data-iterator state); a checkpoint counts as restored only when it
-        restores on every process.
+        Every process of a multi-process run calls it: orbax restores the arrays with every
+        process taking part, and each process reads its own data-iterator state
+        (``<step>/data/process_<i>-of-<n>.json``, written by grain's handler). A checkpoint
+        saved by another number of processes restores too: the iterator's state is the
+        index of the next global batch, the same in every process's file, so the run
+        continues with the same global batches (a different count only changes each
+        process's part of them).
 
         Without ``step``: the newest checkpoint that restores. A damaged one (a pre-empted
         job can leave truncated files behind) is reported with its step and the reason,
         deleted so that training can write that step again, and the previous kept
         checkpoint is tried; the run then continues from there and, since the data
         iterator's position is restored with the state, ends with the numbers of an
-        uninterrupted run.
+        uninterrupted run. Every process takes the same decision: a checkpoint counts only
+        when every process can read its iterator state (checked before orbax's collective
+        restore, so that damage on one process's file cannot leave the processes in
+        different collectives) and the arrays restore on every process.
 
         Raises:
           FileNotFoundError: the directory holds no checkpoint.
           CheckpointError: no kept checkpoint restores (the message gives each one's reason).
         """
         if step is not None:
-            return self._restore(state, iterator, int(step))
+            return self._restore(state, iterator, int(step), self._iterator_state(int(step)))
         steps = self.all_steps()[::-1]
         if not steps:
             raise FileNotFoundError(f"No checkpoint in {self.directory}.")
         failures = []
         for candidate in steps:
-            error = None
+            error, restored = None, None
             try:
-                with _Silenced():
-                    restored = self._restore(state, iterator, candidate)
-            except Exception as e:  # noqa: BLE001  (any damage: truncated, missing, corrupt)
+                data = self._iterator_state(candidate)  # local: no collective
+            except Exception as e:  # noqa: BLE001  (missing, truncated, not JSON)
                 error = e
+            if distributed.agree(error is None):
+                try:
+                    with _Silenced():
+                        restored = self._restore(state, iterator, candidate, data)
+                except Exception as e:  # noqa: BLE001  (any damage: truncated, missing, corrupt)
+                    error = e
             if not distributed.agree(error is None):  # every process falls back alike
                 reason = _reason(error) if error else "it does not restore on another process"
                 failures.append(f"step {candidate}: {reason}")
@@ -155,10 +168,34 @@ class Checkpointer:
             f"No checkpoint in {self.directory} can be restored:\n  " + "\n  ".join(failures)
             + "\nDelete this directory to train the stage from the start.")
 
-    def _restore(self, state: Any, iterator: Any, step: int) -> Any:
+    def _iterator_state(self, step: int) -> Any:
+        """This process's data-iterator state saved at ``step`` (parsed JSON).
+
+        Raises:
+          FileNotFoundError: the step has no iterator state.
+          ValueError: the file is not JSON (truncated).
+        """
+        folder = os.path.join(self.directory, str(step), "data")
+        index, count = jax.process_index(), jax.process_count()
+        path = os.path.join(folder, f"process_{index}-of-{count}.json")
+        if not os.path.exists(path):  # saved by another number of processes
+            saved = sorted(glob.glob(os.path.join(folder, "process_0-of-*.json")))
+            if not saved:
+                raise FileNotFoundError(f"no data-iterator state in {folder}")
+            path = saved[0]
+            logging.warning("The checkpoint at step %d was saved by %s processes; this run has "
+                            "%d: every process continues from the same global batch.", step,
+                            path.rsplit("-of-", 1)[1][:-len(".json")], count)
+        with open(path) as f:
+            return json.load(f)
+
+    def _restore(self, state: Any, iterator: Any, step: int, data: Any) -> Any:
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_tree(state))
         restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), data=CheckpointRestore(iterator)))
+            state=ocp.args.StandardRestore(target)))
+        iterator.set_state(data)  # what grain's CheckpointRestore does, from the checked file
+        if hasattr(iterator, "start_prefetch"):
+            iterator.start_prefetch()
         return state.replace(**restored["state"])
 
     def close(self) -> None:

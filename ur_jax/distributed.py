@@ -23,56 +23,76 @@ import os
 
 from absl import logging
 
-#: Environment variables whose presence means that a cluster manager started this process
-#: as one of several: then :func:`initialize` lets ``jax.distributed.initialize`` detect
-#: the coordinator, the process count and this process's id.
-CLUSTER_VARIABLES = {
-    "JAX_COORDINATOR_ADDRESS": "JAX_COORDINATOR_ADDRESS (with JAX_NUM_PROCESSES and "
-                               "JAX_PROCESS_ID, or a cluster manager that gives them)",
-    "SLURM_NTASKS": "SLURM (srun), when it starts more than one task",
-    "OMPI_COMM_WORLD_SIZE": "Open MPI (mpirun), with more than one rank",
-    "TPU_WORKER_HOSTNAMES": "a Cloud TPU pod slice (more than one worker host)",
-    "MEGASCALE_COORDINATOR_ADDRESS": "a multi-slice Cloud TPU job",
-}
+def _count(env, name: str) -> int:
+    value = env.get(name, "")
+    return int(value) if value.isdigit() else 0
 
 
 def detected_cluster(environ=None) -> str | None:
-    """The cluster manager that started this process as one of several, from environment
-    variables alone (no network query), or ``None`` for a single-process run.
+    """The cluster manager that started this process as one of several, read from
+    environment variables alone (no network query), or ``None``.
 
-    ``SLURM_NTASKS`` and ``OMPI_COMM_WORLD_SIZE`` count only when above 1, and
-    ``TPU_WORKER_HOSTNAMES`` only when it names more than one host: a one-task SLURM job or
-    a single TPU VM is a single-process run. ``environ``: the mapping to read (default
-    ``os.environ``).
+    What counts is what ``jax.distributed.initialize`` can complete on its own:
+
+    * ``JAX_COORDINATOR_ADDRESS`` (with ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``, which
+      :func:`initialize` passes on, or a cluster manager below that gives them);
+    * a SLURM job step of several tasks, started by ``srun`` (``SLURM_JOB_ID``,
+      ``SLURM_STEP_NODELIST``, ``SLURM_PROCID``, ``SLURM_LOCALID`` set and
+      ``SLURM_STEP_NUM_TASKS`` > 1): a batch script run without ``srun`` is one process,
+      however many tasks it was allocated;
+    * Open MPI's ``mpirun`` with several ranks (``OMPI_MCA_orte_hnp_uri``, which JAX reads,
+      and ``OMPI_COMM_WORLD_SIZE`` > 1);
+    * a Cloud TPU pod slice on GKE (``TPU_WORKER_HOSTNAMES`` naming several hosts) or a
+      multi-slice job (``MEGASCALE_COORDINATOR_ADDRESS``).
+
+    A pod slice of Cloud TPU VMs started with ``gcloud ... --worker=all`` is found by
+    :func:`initialize` through JAX's own detection instead (it asks the VM's metadata
+    server). ``environ``: the mapping to read (default ``os.environ``).
     """
     env = os.environ if environ is None else environ
-    for name, what in CLUSTER_VARIABLES.items():
-        value = env.get(name)
-        if not value:
-            continue
-        if name in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
-            if not value.isdigit() or int(value) < 2:
-                continue
-        if name == "TPU_WORKER_HOSTNAMES" and len([h for h in value.split(",") if h]) < 2:
-            continue
-        return what
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        return "JAX_COORDINATOR_ADDRESS"
+    if (all(env.get(k) for k in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID",
+                                 "SLURM_LOCALID"))
+            and _count(env, "SLURM_STEP_NUM_TASKS") > 1):
+        return "SLURM (srun, several tasks)"
+    if env.get("OMPI_MCA_orte_hnp_uri") and _count(env, "OMPI_COMM_WORLD_SIZE") > 1:
+        return "Open MPI (mpirun, several ranks)"
+    if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
+        return "a Cloud TPU pod slice on GKE"
+    if env.get("MEGASCALE_COORDINATOR_ADDRESS"):
+        return "a multi-slice Cloud TPU job"
     return None
+
+
+def _on_cloud_tpu_vm() -> bool:
+    """Whether JAX found TPU chips and libtpu on this machine (a PCI scan JAX makes when it
+    is imported; no network)."""
+    try:
+        from jax._src import cloud_tpu_init  # JAX's own flag; no public equivalent
+    except ImportError:
+        return False
+    return bool(getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False))
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None) -> bool:
     """Starts JAX's distributed runtime when this run spans several processes; returns
-    whether it did.
+    whether it did. Call it before anything else uses JAX's devices.
 
     With ``coordinator_address`` (``'HOST:PORT'`` of process 0), ``num_processes`` and
     ``process_id`` given, they go to ``jax.distributed.initialize`` as they are (the flags
-    of ``python -m ur_jax.main`` carry these names). Without them, the runtime starts only
-    where :func:`detected_cluster` finds a cluster manager, and JAX reads the values from
-    its environment (``JAX_COORDINATOR_ADDRESS`` may come with ``JAX_NUM_PROCESSES`` and
-    ``JAX_PROCESS_ID``, which are passed on). ``num_processes=1`` (and nothing detected) is a single-process run.
-    CPU devices use JAX's gloo collectives, so that several local processes with
-    ``--xla_force_host_platform_device_count`` devices form one mesh. Call it before
-    anything else uses JAX.
+    of ``python -m ur_jax.main`` carry these names). Without them, the runtime starts where
+    :func:`detected_cluster` finds a cluster manager (JAX reads the values from its
+    environment; ``JAX_COORDINATOR_ADDRESS`` may come with ``JAX_NUM_PROCESSES`` and
+    ``JAX_PROCESS_ID``, which are passed on), and on Cloud TPU VMs, where JAX asks the
+    metadata server (JAX recommends initialising there, one host or many; where it finds
+    no pod, e.g. a notebook's TPU runtime, the run stays one process). Otherwise, and with
+    ``num_processes=1``, a run is one process.
+
+    Under SLURM and Open MPI, JAX gives each process one local GPU (``SLURM_LOCALID``):
+    start one task per GPU. CPU devices use JAX's gloo collectives, so that several local
+    processes with ``--xla_force_host_platform_device_count`` devices form one mesh.
 
     Raises:
       ValueError: only some of the three values are given, or they are out of range.
@@ -92,9 +112,19 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                              f"found {process_id}.")
         if int(num_processes) == 1:
             return False
-    elif detected_cluster() is None:
-        return False
     import jax
+
+    if len(named) < 3 and detected_cluster() is None:
+        if not _on_cloud_tpu_vm():
+            return False
+        try:
+            jax.distributed.initialize()
+        except (ValueError, RuntimeError) as e:  # no pod found: one process
+            logging.info("Cloud TPU VM without a pod to join (%s): one process.", e)
+            return False
+        logging.info("Cloud TPU VM: process %d of %d.", jax.process_index(),
+                     jax.process_count())
+        return True
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if len(named) == 3:
@@ -158,3 +188,37 @@ def gather_parts(part):
 
     parts = np.asarray(multihost_utils.process_allgather(np.asarray(part)))  # (P, *shape)
     return parts.reshape((-1, *parts.shape[2:]))
+
+
+class ProcessError(RuntimeError):
+    """Another process of the run failed at a point every process passes together (its
+    log says why)."""
+
+
+def on_primary(fn, what: str):
+    """``fn()`` on process 0 only (writing a file, preparing a dataset), then a point every
+    process passes together: an exception on process 0 is raised there and, as a
+    :class:`ProcessError`, on every other process, instead of leaving them waiting at the
+    next collective. Returns ``fn()``'s value on process 0, ``None`` elsewhere. ``what``
+    names the step in the error (e.g. ``'write the results'``)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return fn()
+    return on_every(fn if is_primary() else (lambda: None), what, only="process 0")
+
+
+def on_every(fn, what: str, only: str = "another process"):
+    """``fn()`` on every process, then a point every process passes together: when it raises
+    on any process, every process raises (the original exception where it happened, a
+    :class:`ProcessError` naming ``what`` elsewhere)."""
+    error, value = None, None
+    try:
+        value = fn()
+    except Exception as e:  # noqa: BLE001  (re-raised below, after every process knows)
+        error = e
+    if not agree(error is None):
+        if error is not None:
+            raise error
+        raise ProcessError(f"{only[0].upper() + only[1:]} could not {what}; its log says why.")
+    return value

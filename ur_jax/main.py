@@ -80,7 +80,7 @@ def main(argv: list[str]) -> None:
     split_names(config)  # --config.fewshot.methods=pa,tsa -> ('pa', 'tsa')
     try:
         run.run(config, _WORKDIR.value, overwrite=_OVERWRITE.value)
-    except (run.WorkdirError, FileNotFoundError, ValueError) as e:
+    except (run.WorkdirError, FileNotFoundError, ValueError, distributed.ProcessError) as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -15,11 +15,19 @@ from ur_jax.run.workdir import CONFIG_FILE, WorkdirError, prepare_workdir
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 
+_SRUN = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-2]", "SLURM_PROCID": "1",
+         "SLURM_LOCALID": "0"}
+
+
 @pytest.mark.parametrize("env, found", [
     ({}, None),
-    ({"SLURM_NTASKS": "1", "SLURM_JOB_ID": "7"}, None),  # one task: one process
-    ({"SLURM_NTASKS": "4"}, "SLURM"),
-    ({"OMPI_COMM_WORLD_SIZE": "2"}, "Open MPI"),
+    ({**_SRUN, "SLURM_STEP_NUM_TASKS": "1"}, None),  # one task: one process
+    ({**_SRUN, "SLURM_STEP_NUM_TASKS": "8"}, "SLURM"),
+    # an sbatch script without srun: tasks allocated, but this is one process
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"},
+     None),
+    ({"OMPI_COMM_WORLD_SIZE": "2"}, None),  # Open MPI without the variable JAX reads
+    ({"OMPI_COMM_WORLD_SIZE": "2", "OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:3"}, "Open MPI"),
     ({"TPU_WORKER_HOSTNAMES": "t0"}, None),  # a single TPU VM
     ({"TPU_WORKER_HOSTNAMES": "t0,t1,t2,t3"}, "Cloud TPU pod"),
     ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, "JAX_COORDINATOR_ADDRESS"),
@@ -30,7 +38,8 @@ def test_cluster_detection_reads_only_the_environment(env, found):
 
 
 def test_initialize_refuses_incomplete_arguments(monkeypatch):
-    for name in distributed.CLUSTER_VARIABLES:
+    for name in ("JAX_COORDINATOR_ADDRESS", "SLURM_STEP_NUM_TASKS", "OMPI_MCA_orte_hnp_uri",
+                 "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"):
         monkeypatch.delenv(name, raising=False)
     assert distributed.initialize() is False  # nothing given, nothing detected: one process
     assert distributed.initialize(num_processes=1) is False
@@ -45,6 +54,14 @@ def test_single_process_helpers():
     distributed.barrier("nothing to wait for")
     assert distributed.agree(True) and not distributed.agree(False)
     assert distributed.gather_parts([3, 4]).tolist() == [3, 4]
+    assert distributed.on_primary(lambda: 5, "give five") == 5
+    assert distributed.on_every(lambda: 6, "give six") == 6
+
+    def fail():
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):  # the original error where it happened
+        distributed.on_every(fail, "write")
 
 
 def test_cli_refuses_part_of_the_process_flags(tmp_path):

@@ -199,3 +199,67 @@ def test_metadataset_two_processes_match_one_process(tmp_path, devices):
             if isinstance(value, dict) and "accuracy" in value:
                 assert two["fewshot"]["rows"][row][source]["accuracy"] == pytest.approx(
                     value["accuracy"], abs=1.0), (row, source)
+
+
+_CHECKPOINT_WORKER = """
+import json, os, sys
+index, count, port, directory, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+from ur_jax import distributed
+distributed.initialize(f"127.0.0.1:{port}", count, index)
+import flax.struct, grain, jax.numpy as jnp
+from ur_jax import checkpointing, sharding
+
+@flax.struct.dataclass
+class State:
+    step: jnp.ndarray
+    params: dict
+    batch_stats: dict
+    opt_state: dict
+
+mesh = sharding.make_mesh()
+def state(step):
+    return sharding.replicate(State(jnp.int32(step), {"w": jnp.full((4,), float(step))}, {}, {}), mesh)
+iterator = iter(grain.MapDataset.range(100).batch(2).to_iter_dataset())
+ckpt = checkpointing.Checkpointer(directory, keep=3, every=1)
+if mode == "save":
+    for step in (1, 2, 3):
+        next(iterator)
+        ckpt.save(step, state(step), iterator, force=True)
+else:
+    restored = ckpt.restore(state(0), iterator)
+    print("RESTORED", json.dumps({"step": int(restored.step), "w": float(restored.params["w"][0]),
+                                  "next": next(iterator).tolist()}), flush=True)
+ckpt.close()
+"""
+
+
+def _checkpoint_run(tmp_path, count: int, mode: str) -> list[str]:
+    script = tmp_path / "worker.py"
+    script.write_text(_CHECKPOINT_WORKER)
+    port = _free_port()
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu")
+    procs = [subprocess.Popen([sys.executable, str(script), str(i), str(count), str(port),
+                               str(tmp_path / "ckpt"), mode], cwd=ROOT, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for i in range(count)]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-3000:]
+    return logs
+
+
+def test_checkpoint_damaged_on_one_process_and_another_process_count(tmp_path):
+    """Damage to one process's data-iterator file: both processes fall back together (a
+    restore decided per process would leave them in different collectives). Then one
+    process continues the two-process checkpoint from the same global batch."""
+    _checkpoint_run(tmp_path, 2, "save")
+    with open(tmp_path / "ckpt" / "3" / "data" / "process_1-of-2.json", "r+b") as f:
+        f.truncate(3)
+    logs = _checkpoint_run(tmp_path, 2, "restore")
+    want = 'RESTORED {"step": 2, "w": 2.0, "next": [4, 5]}'
+    for log in logs:
+        assert want in log, log[-3000:]
+        assert "The checkpoint at step 3" in log and "cannot be restored" in log
+    (log,) = _checkpoint_run(tmp_path, 1, "restore")
+    assert want in log and "saved by 2 processes; this run has 1" in log

@@ -27,8 +27,7 @@ from ur_jax.evaluation import evaluators
 from ur_jax.run import problems
 from ur_jax.run.context import CompiledCache, RunContext, StepHook
 from ur_jax.run.logs import quiet_library_logs
-from ur_jax.run.workdir import (RESULTS_FILE, TIMING_FILE, WorkdirError, flatten,
-                                prepare_workdir, write_json)
+from ur_jax.run.workdir import RESULTS_FILE, TIMING_FILE, flatten, prepare_workdir, write_json
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False,
@@ -86,7 +85,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
                     ctx.results[evaluator.result_key] = result
     finally:
         writer.close()
-    if primary:
+    def write() -> None:
         write_json(os.path.join(workdir, RESULTS_FILE), ctx.results)
         # Timing differs between runs, so it stays out of results.json.
         write_json(os.path.join(workdir, TIMING_FILE),
@@ -94,7 +93,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
                     "processes": jax.process_count(), "backend": jax.default_backend()})
         logging.info("Results written to %s", os.path.join(workdir, RESULTS_FILE))
         print(problem.table(ctx.results), flush=True)
-    distributed.barrier("ur_jax:results")  # the run ends when its results are on disk
+
+    distributed.on_primary(write, "write the results")  # the run ends when they are on disk
     return ctx.results
 
 
@@ -105,32 +105,19 @@ def _prepare_workdir(workdir: str, config, overwrite: bool, primary: bool) -> st
         return prepare_workdir(workdir, config, overwrite)
     prepare_workdir(workdir, config, overwrite, primary=False)
     distributed.barrier("ur_jax:workdir-checked")
-    error = None
-    if primary:
-        try:
-            workdir = prepare_workdir(workdir, config, overwrite)
-        except WorkdirError as e:
-            error = e
-    if not distributed.agree(error is None):
-        raise error or WorkdirError(f"Process 0 could not prepare the workdir {workdir!r}; "
-                                    f"its log says why.")
+    distributed.on_primary(lambda: prepare_workdir(workdir, config, overwrite),
+                           "prepare the workdir")
     return os.path.abspath(os.path.expanduser(workdir))
 
 
 def _load_data(problem, config, primary: bool):
     """``problem.load(config)``: process 0 first (a first run prepares datasets, e.g. builds
-    TFDS records), the others once it has."""
+    TFDS records), the others once it has; an error on any process stops every process."""
     if jax.process_count() == 1:
         return problem.load(config)
-    data, error = None, None
-    if primary:
-        try:
-            data = problem.load(config)
-        except (FileNotFoundError, ValueError) as e:
-            error = e
-    if not distributed.agree(error is None):  # also the barrier the others wait at
-        raise error or FileNotFoundError("Process 0 could not load the data; its log says why.")
-    return data if primary else problem.load(config)
+    data = distributed.on_primary(lambda: problem.load(config), "load the data")
+    return distributed.on_every(lambda: data if primary else problem.load(config),
+                                "load the data")
 
 
 def _evaluate_stage(ctx: RunContext, chosen, name: str, models) -> dict[str, Any]:

@@ -39,13 +39,17 @@ class BestModel:
         self.directory, self.spec, self.stage, self.writer = directory, spec, stage, writer
         self.to_variables, self.measure = to_variables, measure
         self.record = os.path.join(directory, "best.json")
+        # Read once, before this run writes it (every process reads it here, and process 0
+        # writes it only after a save every process takes part in); afterwards every process
+        # keeps it in memory, so that all decide alike without reading another's file.
+        self._best: dict[str, Any] | None = None
+        if os.path.exists(self.record):
+            with open(self.record) as f:
+                self._best = json.load(f)
 
     def best(self) -> dict[str, Any] | None:
         """``{'step', 'accuracy', 'per_domain'}`` of the selected model so far, or ``None``."""
-        if not os.path.exists(self.record):
-            return None
-        with open(self.record) as f:
-            return json.load(f)
+        return self._best
 
     def __call__(self, step: int, state: Any) -> None:
         variables = jax.device_get(self.to_variables(state))
@@ -61,10 +65,13 @@ class BestModel:
                                                        f"{best['step']})")
         if improved:  # every process decides alike: the measure is the global one
             checkpointing.save_model(os.path.join(self.directory, "model"), self.spec, variables)
-            if distributed.is_primary():  # after save_model, where every process has read
+            self._best = {"step": int(step), "accuracy": accuracy, "per_domain": per_domain}
+
+            def write() -> None:
                 os.makedirs(self.directory, exist_ok=True)
-                write_json(self.record, {"step": int(step), "accuracy": accuracy,
-                                         "per_domain": per_domain})
+                write_json(self.record, self._best)
+
+            distributed.on_primary(write, "record the selected model")
 
     def load(self) -> dict[str, Any]:
         """The selected model's variables."""
