@@ -30,6 +30,7 @@ from grain.checkpoint import CheckpointSave  # registered with orbax
 
 from ur_jax import distributed
 from ur_jax.models import MultiHeadClassifier, get_backbone, get_dense_model
+from ur_jax.models.precision import with_precision
 
 MODEL_FILE = "model.json"
 VARIABLES_DIR = "variables"
@@ -249,9 +250,19 @@ def dense_model_spec(model: str, model_kwargs: Mapping[str, Any],
             "tasks": [[t, int(n)] for t, n in pairs]}
 
 
-def model_from_spec(spec: Mapping[str, Any]) -> Any:
+def model_from_spec(spec: Mapping[str, Any], precision: str = "fp32") -> Any:
     """Builds the model that ``spec`` describes: a :class:`MultiHeadClassifier`
-    (:func:`model_spec`) or a dense model (:func:`dense_model_spec`)."""
+    (:func:`model_spec`) or a dense model (:func:`dense_model_spec`), computing in
+    ``precision`` (:func:`ur_jax.models.precision.with_precision`: ``'fp32'`` or ``'bf16'``;
+    the spec does not record it).
+
+    Raises:
+      ValueError: an unknown backbone, dense model or precision.
+    """
+    return with_precision(_model_from_spec(spec), precision)
+
+
+def _model_from_spec(spec: Mapping[str, Any]) -> Any:
     if "dense_model" in spec:
         # JSON turns tuples into lists; modules must stay hashable (compiled-step caches).
         kwargs = {k: tuple(v) if isinstance(v, list) else v
@@ -268,8 +279,9 @@ def model_from_spec(spec: Mapping[str, Any]) -> Any:
 
 
 def load_model(directory: str, expected: Mapping[str, Any] | None = None,
-               ) -> tuple[MultiHeadClassifier, dict[str, Any]]:
-    """Reads a network written by :func:`save_model`: returns ``(model, variables)``.
+               precision: str = "fp32") -> tuple[MultiHeadClassifier, dict[str, Any]]:
+    """Reads a network written by :func:`save_model`: returns ``(model, variables)``, the
+    model computing in ``precision`` (``'fp32'`` or ``'bf16'``; float32 variables either way).
 
     ``expected``: a spec the model must match (architecture and class counts); a
     mismatch raises ``ValueError`` naming the differences, so that a wrong teacher is
@@ -291,7 +303,7 @@ def load_model(directory: str, expected: Mapping[str, Any] | None = None,
     model = model_from_spec(spec)
     variables = ocp.StandardCheckpointer().restore((path / VARIABLES_DIR).absolute())
     _check_shapes(model, variables, spec, path)
-    return model, variables
+    return with_precision(model, precision), variables
 
 
 def _jsonable(x: Any) -> Any:

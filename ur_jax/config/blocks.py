@@ -147,6 +147,10 @@ RUN = _table(
                             "~/tensorflow_datasets"),
     stages=Key("names", doc="the stages to run, in order (ur_jax.stages)"),
     init_rng_impl=Key("str", doc="the parameter-initialisation PRNG ('threefry2x32', 'rbg')"),
+    precision=Key("str", "fp32", "the computation dtype (ur_jax.models.precision): 'fp32', or "
+                                 "'bf16' (bfloat16 compute; float32 parameters, BatchNorm "
+                                 "statistics, heads and losses; for GPUs and TPUs)",
+                  ("fp32", "bf16")),
     evaluators=Key("names", (), "the evaluators that score the stages' models "
                                 "(ur_jax.evaluation.evaluators); () = the problem's own"),
     eval_batch_size=Key("int", doc="evaluation batch (per domain), a multiple of the devices"),

@@ -133,9 +133,10 @@ def stl(ctx: RunContext) -> dict[str, tuple[Any, dict]]:
         spec = dense_spec(config, data, (t,))
         if t in paths:
             logging.info("[stl_%s] loading %s", t, paths[t])
-            model, variables = checkpointing.load_model(paths[t], expected=spec)
+            model, variables = checkpointing.load_model(paths[t], expected=spec,
+                                                        precision=config.precision)
         else:
-            model = checkpointing.model_from_spec(spec)
+            model = checkpointing.model_from_spec(spec, config.precision)
             variables = train_mtl_model(ctx, f"stl_{t}", config.stl, model, (t,), uniform,
                                         "params", (11, i))
             variables = {k: v for k, v in variables.items() if k != "method"}
@@ -168,7 +169,7 @@ def train_bam(ctx: RunContext, teachers) -> tuple[Any, dict]:
     config, data = ctx.config, ctx.data
     tasks = tuple(config.tasks)
     stage = config.mtl
-    model = checkpointing.model_from_spec(dense_spec(config, data, tasks))
+    model = checkpointing.model_from_spec(dense_spec(config, data, tasks), config.precision)
     variables = init_model(ctx, model, ctx.seed(12), data.image_shape)
     parameter_overview.log_parameter_overview(variables["params"], msg="[mtl] parameters")
     spe = steps_per_epoch(data, stage.batch_size)
@@ -201,7 +202,8 @@ def mtl_stage(ctx: RunContext) -> dict[str, tuple[Any, dict]]:
     else:
         method = mtl_method(config, ctx.data)
         space = config.mtl.space or method.space
-        model = checkpointing.model_from_spec(dense_spec(config, ctx.data, config.tasks))
+        model = checkpointing.model_from_spec(dense_spec(config, ctx.data, config.tasks),
+                                              config.precision)
         pair = (model, train_mtl_model(ctx, "mtl", config.mtl, model, tuple(config.tasks), method,
                                        space, (12,)))
     return {t: pair for t in config.tasks}
@@ -214,7 +216,7 @@ def url(ctx: RunContext) -> dict[str, tuple[Any, dict]]:
     teachers = ctx.models["stl"]
     u = config.url
     tasks = tuple(config.tasks)
-    student = checkpointing.model_from_spec(dense_spec(config, data, tasks))
+    student = checkpointing.model_from_spec(dense_spec(config, data, tasks), config.precision)
     variables = init_model(ctx, student, ctx.seed(13), data.image_shape)
     probe = jnp.zeros((1,) + tuple(data.image_shape), jnp.float32)
     s_feats = jax.eval_shape(lambda v: student.apply(v, probe, train=False)[1], variables)

@@ -101,10 +101,11 @@ def teachers(ctx: RunContext) -> dict[str, tuple[MultiHeadClassifier, dict]]:
         spec = classifier_spec(config, {d: data.num_classes[d]})
         if d in paths:
             logging.info("[teacher_%s] loading %s", d, paths[d])
-            out[d] = checkpointing.load_model(paths[d], expected=spec)
+            out[d] = checkpointing.load_model(paths[d], expected=spec,
+                                              precision=config.precision)
             continue
         generic_spec = classifier_spec(config, {TEACHER_HEAD: data.num_classes[d]})
-        generic = checkpointing.model_from_spec(generic_spec)
+        generic = checkpointing.model_from_spec(generic_spec, config.precision)
         init = None
         if source and d != source:
             fresh = init_model(ctx, generic, ctx.seed(1, i), {TEACHER_HEAD: data.shape(d)})
@@ -120,7 +121,7 @@ def teachers(ctx: RunContext) -> dict[str, tuple[MultiHeadClassifier, dict]]:
         # a later stage started from them (fine-tuning, MDL / URL init) would donate them.
         variables = jax.device_get(rename_head(variables, TEACHER_HEAD, d))
         checkpointing.save_model(os.path.join(ctx.workdir, "teachers", d, "model"), spec, variables)
-        out[d] = (checkpointing.model_from_spec(spec), variables)
+        out[d] = (checkpointing.model_from_spec(spec, config.precision), variables)
     return {d: out[d] for d in config.domains}
 
 
@@ -170,7 +171,7 @@ def student_spec(config, data) -> dict[str, Any]:
 
 def student(config, data) -> MultiHeadClassifier:
     """The MDL / URL student model of ``config`` on ``data``."""
-    return checkpointing.model_from_spec(student_spec(config, data))
+    return checkpointing.model_from_spec(student_spec(config, data), config.precision)
 
 
 def student_init(ctx: RunContext, stage: str, model, seed_path) -> dict[str, Any]:

@@ -131,7 +131,7 @@ def episodic_models(ctx, models: Mapping[str, tuple[Any, dict]]
     for name, path in dict(f.checkpoints).items():
         if path:
             logging.info("[fewshot] loading %s from %s", name, path)
-            model, variables = checkpointing.load_model(path)
+            model, variables = checkpointing.load_model(path, precision=config.precision)
             seen = (parse_sources(per_model.get(name)) or every
                     or md_eval.training_sources(model.num_classes, name))
             unknown = [s for s in seen if s not in SOURCES]
