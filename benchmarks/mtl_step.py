@@ -9,26 +9,26 @@ backward through the shared network in ``features`` space. So the expected ratio
 about (1 + T·2) / 3 ≈ 2.3 for parameter-space methods (forward = 1, backward = 2 units)
 and close to 1 for feature-space ones.
 
-Each time is the median over ``--steps`` calls after one compiled call; the table gives
-milliseconds per step and the ratio to ``uniform`` from the same run.
+Each time is the median over ``--steps`` interleaved rounds after compilation; the table
+gives milliseconds per step, images/s, compile time, FLOPs per step (XLA's cost analysis),
+achieved FLOP/s and MFU (``common.py``), and the ratio to ``uniform`` from the same run.
 
     python benchmarks/mtl_step.py                                # CPU-sized: 1/8 width, 64x96
-    python benchmarks/mtl_step.py --width 1 --height 288 --width-px 384 --batch 2   # paper size
+    # the paper's size (NYU-v2 at 288x384, batch 2), GPU/TPU:
+    python benchmarks/mtl_step.py --width 1 --height 288 --width-px 384 --batch 2 --precision bf16
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+import common
 from ur_jax import dense_steps, mtl, optim
 from ur_jax.models import SegNet
+from ur_jax.models.precision import with_precision
 
 TASKS = ("semantic", "depth", "normal")
 
@@ -39,47 +39,43 @@ def main() -> None:
     p.add_argument("--height", type=int, default=64)
     p.add_argument("--width-px", type=int, default=96)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=5, help="timed rounds")
     p.add_argument("--methods", default=",".join(mtl.METHODS))
-    p.add_argument("--json", help="also write the results to this file")
+    common.add_common_args(p)
     args = p.parse_args()
+    deadline = common.Deadline(args.budget)
+    report = common.Report("mtl_step", args)
 
-    model = SegNet(tasks=(("semantic", 13), ("depth", 1), ("normal", 3)), width=args.width)
+    model = with_precision(SegNet(tasks=(("semantic", 13), ("depth", 1), ("normal", 3)),
+                                  width=args.width), args.precision)
     h, w, b = args.height, args.width_px, args.batch
     variables = jax.jit(lambda r, x: model.init(r, x))(jax.random.key(0), jnp.zeros((1, h, w, 3)))
-    rng = np.random.default_rng(0)
-    normal = rng.normal(size=(b, h, w, 3)).astype(np.float32)
-    batch = {"image": rng.uniform(size=(b, h, w, 3)).astype(np.float32),
-             "semantic": rng.integers(-1, 13, (b, h, w)).astype(np.int32),
-             "depth": rng.uniform(0.5, 5.0, (b, h, w, 1)).astype(np.float32),
-             "normal": normal / np.linalg.norm(normal, axis=-1, keepdims=True)}
-    batch = jax.device_put(batch)
-    print(f"SegNet width {args.width}, {h}x{w}, batch {b}, {jax.device_count()} "
-          f"{jax.default_backend()} device(s)")
-    results = {}
+    variables = jax.device_get(variables)  # host copies: every method gets fresh device buffers
+    batch = jax.device_put(common.dense_batch(b, h, w))
+    print(f"SegNet width {args.width}, {h}x{w}, batch {b}, {args.precision}, "
+          f"{jax.device_count()} x {jax.devices()[0].device_kind}", flush=True)
+
+    functions, spaces = {}, {}
     for name in args.methods.split(","):
         method = mtl.get_method(name, **({"steps_per_epoch": 100} if name == "dwa" else {}))
         step = jax.jit(dense_steps.make_mtl_step(model, TASKS, method), donate_argnums=0)
-        state = dense_steps.init_mtl_state(jax.device_get(variables), method, len(TASKS),
-                                           optim.adam(1e-4))
-        state, metrics = step(state, batch)
-        jax.block_until_ready(metrics)
-        times = []
-        for _ in range(args.steps):
-            t0 = time.perf_counter()
-            state, metrics = step(state, batch)
-            jax.block_until_ready(metrics)
-            times.append(time.perf_counter() - t0)
-        results[name] = {"ms": 1e3 * statistics.median(times), "space": method.space,
-                         "gradients": method.uses_gradients}
-    base = results.get("uniform", next(iter(results.values())))["ms"]
-    print(f"{'method':<12}{'space':>10}{'ms/step':>10}{'x uniform':>11}")
-    for name, r in results.items():
-        space = r["space"] if r["gradients"] else "loss"
-        print(f"{name:<12}{space:>10}{r['ms']:>10.1f}{r['ms'] / base:>11.2f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results}, f, indent=2)
+        state = dense_steps.init_mtl_state(variables, method, len(TASKS), optim.adam(1e-4))
+        functions[name] = (step, (state, batch))
+        spaces[name] = method.space if method.uses_gradients else "loss"
+
+    compiled = common.compile_all(functions, args.compile_threads, report)
+    calls = {name: common.stateful(fn, *fn_args) for name, (fn, fn_args) in functions.items()}
+    samples, report.data["compilations_while_timing"] = common.measure(calls, args.steps,
+                                                                       deadline)
+    rows = common.timed_rows(samples, compiled, {k: b for k in samples}, "images", report.peak)
+    base = rows.get("uniform", next(iter(rows.values())))["seconds"]
+    for name, row in rows.items():
+        row.update(space=spaces[name], ratio_to_uniform=row["seconds"] / base)
+    report.data["results"] = rows
+    report.write(complete=True)
+    common.print_table(rows, "images")
+    print("x uniform: " + ", ".join(f"{k} ({r['space']}) {r['ratio_to_uniform']:.2f}"
+                                    for k, r in rows.items()))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,10 @@
 """URL's Meta-Dataset ResNet-18 checkpoints -> ur_jax (ur_jax.convert.resnet18).
 
-A PyTorch twin of the released network is written here from the architecture (URL's
-models/resnet18.py and resnet18_mdl.py: the released parameter names, 5x5/2 stem padded by
-1, no max-pool, basic blocks, 1x1 projection shortcuts, global average pooling, linear
-``cls_fn`` heads; TSA's residual adapters on the blocks' 3x3 convs), filled with random
-weights and BatchNorm statistics, saved in the layout of URL's CheckPointer, converted and
-compared with the ur_jax model on the same inputs.
+The PyTorch twin of the released network (:class:`ur_jax.convert.twins.ResNet18MetaDataset`:
+URL's models/resnet18.py and resnet18_mdl.py, with the released parameter names and TSA's
+residual adapters on the blocks' 3x3 convs), filled with random weights and BatchNorm
+statistics, is saved in the layout of URL's CheckPointer, converted and compared with the
+ur_jax model on the same inputs.
 """
 
 from __future__ import annotations
@@ -16,14 +15,13 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-nn = torch.nn
-F = torch.nn.functional
 
 from ur_jax import adapters as adapters_lib
 from ur_jax import checkpointing
 from ur_jax import convert as convert_lib
 from ur_jax.convert import resnet18 as conv18
 from ur_jax.convert.common import ConversionError
+from ur_jax.convert.twins import ResNet18MetaDataset, numpy_state, resnet18_metadataset
 from ur_jax.data.episodes import Episode
 from ur_jax.suites.metadataset.common import CLASS_SPLITS, TRAIN_SOURCES
 from ur_jax.evaluation import metadataset as md_eval
@@ -33,87 +31,6 @@ WIDTH = 0.25
 SIZE = 84
 #: URL's heads: the official training classes of the eight sources, in --data.train order.
 URL_CLASSES = [CLASS_SPLITS[d][0] for d in TRAIN_SOURCES]
-
-
-# ----------------------------------------------------------------------------- the twin
-
-
-class Block(nn.Module):
-    """URL's BasicBlock (conv1/bn1/conv2/bn2, downsample = Sequential(conv1x1, bn))."""
-
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.stride = stride
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                            nn.BatchNorm2d(cout))
-
-    def forward(self, x, alphas=None):
-        out = self.conv1(x)
-        if alphas is not None:  # TSA's conv_tsa, residual matrix form
-            out = out + F.conv2d(x, alphas[0], stride=self.stride)
-        mid = F.relu(self.bn1(out))
-        out = self.conv2(mid)
-        if alphas is not None:
-            out = out + F.conv2d(mid, alphas[1])
-        out = self.bn2(out)
-        identity = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + identity)
-
-
-class TwinResNet18(nn.Module):
-    """The released network: ``cls_fn`` is one Linear (teacher) or a ModuleList (URL / MDL)."""
-
-    def __init__(self, width: float, num_classes, stem_padding: int = 1):
-        super().__init__()
-        c = [round(64 * width) * k for k in (1, 2, 4, 8)]
-        self.conv1 = nn.Conv2d(3, c[0], 5, 2, stem_padding, bias=False)
-        self.bn1 = nn.BatchNorm2d(c[0])
-        cin = c[0]
-        for s, cout in enumerate(c, start=1):
-            stride = 1 if s == 1 else 2
-            setattr(self, f"layer{s}", nn.Sequential(Block(cin, cout, stride),
-                                                     Block(cout, cout, 1)))
-            cin = cout
-        if isinstance(num_classes, int):
-            self.cls_fn = nn.Linear(c[3], num_classes)
-        else:
-            self.cls_fn = nn.ModuleList([nn.Linear(c[3], n) for n in num_classes])
-
-    def embed(self, x, alphas=None):
-        x = F.relu(self.bn1(self.conv1(x)))
-        for s in range(1, 5):
-            for b, block in enumerate(getattr(self, f"layer{s}")):
-                x = block(x, None if alphas is None else alphas[(s, b)])
-        return x.mean(dim=(2, 3))
-
-
-def _twin(width, num_classes, seed):
-    """The twin with random weights and non-trivial BatchNorm statistics, in eval mode."""
-    torch.manual_seed(seed)
-    net = TwinResNet18(width, num_classes)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_in = m.weight[0].numel()
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (1.0 / fan_in) ** 0.5)
-            elif isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
-                m.num_batches_tracked.fill_(1234)
-            elif isinstance(m, nn.Linear):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.1)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-    return net.eval()
 
 
 def _save_released(net, path, numpy_scalars=False):
@@ -134,8 +51,7 @@ def _images(n, seed, size=SIZE):
 def _torch_forward(net, x, alphas=None):
     with torch.no_grad():
         feats = net.embed(torch.from_numpy(x).permute(0, 3, 1, 2), alphas)
-        heads = net.cls_fn if isinstance(net.cls_fn, nn.ModuleList) else [net.cls_fn]
-        return feats.numpy(), [h(feats).numpy() for h in heads]
+        return feats.numpy(), [h(feats).numpy() for h in net.heads]
 
 
 def _apply(model, variables, images):
@@ -153,19 +69,15 @@ def _backbone_variables(variables):
             "batch_stats": variables["batch_stats"]["backbone"]}
 
 
-def _numpy_state(net):
-    return {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
-
-
 @pytest.fixture(scope="module")
 def url_twin():
-    return _twin(WIDTH, URL_CLASSES, seed=1)
+    return resnet18_metadataset(WIDTH, URL_CLASSES, seed=1)
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     """A converted single-domain teacher (one head, 71 classes: VGG Flower's)."""
-    net = _twin(WIDTH, 71, seed=0)
+    net = resnet18_metadataset(WIDTH, 71, seed=0)
     d = tmp_path_factory.mktemp("teacher")
     src = _save_released(net, d / "model_best.pth.tar")
     dst = convert_lib.convert_file(ARCH, src, d / "converted")
@@ -268,8 +180,8 @@ def test_full_size_checkpoint_shapes_and_parameter_count():
     """The full-width URL network (8 heads) converts to 11,171,904 backbone parameters
     (ResNet-18 with a 5x5 stem: torchvision's 11,176,512 - 7x7x3x64 + 5x5x3x64) plus
     513 per class, and 9,600 BatchNorm statistics, without running it."""
-    net = TwinResNet18(1.0, URL_CLASSES)
-    state = _numpy_state(net)
+    net = ResNet18MetaDataset(1.0, URL_CLASSES)
+    state = numpy_state(net)
     spec, variables = conv18.convert(state)
     assert spec["backbone"] == ARCH and spec["backbone_kwargs"] == {"width": 1.0}
     assert spec["num_classes"] == [[d, n] for d, n in zip(TRAIN_SOURCES, URL_CLASSES)]
@@ -298,7 +210,7 @@ def test_full_size_checkpoint_shapes_and_parameter_count():
 
 
 def test_mismatched_checkpoints_are_refused_with_names(url_twin):
-    state = _numpy_state(url_twin)
+    state = numpy_state(url_twin)
     wrong = dict(state)
     wrong["layer3.1.conv2.weight"] = wrong["layer3.1.conv2.weight"][:, :-1]
     with pytest.raises(ConversionError, match=r"layer3\.1\.conv2\.weight is \(64, 63, 3, 3\), "
@@ -336,7 +248,7 @@ def test_mismatched_checkpoints_are_refused_with_names(url_twin):
 
 
 def test_heads_and_domains(url_twin):
-    state = _numpy_state(url_twin)
+    state = numpy_state(url_twin)
     # Wrong order of names: the class counts give it away.
     swapped = tuple(reversed(TRAIN_SOURCES))
     with pytest.raises(ConversionError, match="ilsvrc_2012: 71 classes, official 712"):

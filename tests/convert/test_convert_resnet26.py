@@ -1,13 +1,12 @@
 """PyTorch Decathlon ResNet-26 -> ur_jax ``resnet26``: parity of features and logits.
 
-The PyTorch twins below are written from the architecture descriptions, with the released
-parameter names of VICO-UoE/UniversalRepresentations ``VisualDecathlon/`` (``models.py``:
-``conv1``, ``bn1``, ``layer<s>.<b>.{conv,bn}{1,2}``, ``end_bn``, ``cls_fn[.<t>]``; after
-``attach_ad.attach_ads``: ``<conv>.conv`` + ``<conv>.parallel_conv.<t>.conv``, ``<bn>.bns.<t>``)
-and of srebuffi/residual_adapters ``models.py`` (``pre_layers_conv``, ``conv2.1``, ``bns.<t>``,
-``parallel_conv.<t>``, series ``bns.<t>.{0.conv.{0,1},1}``, ``end_bns.<t>.0``, ``linears.<t>``).
-BatchNorm statistics are set from a real forward pass, then perturbed (non-trivial, yet
-activations stay O(1)), and the networks run in eval mode.
+The PyTorch twins (:mod:`ur_jax.convert.twins`: :class:`~ur_jax.convert.twins.URLResNet26`,
+VICO-UoE/UniversalRepresentations ``VisualDecathlon/models.py`` and, after
+``attach_ad.attach_ads``, per-domain BatchNorm and parallel adapters;
+:class:`~ur_jax.convert.twins.RebuffiResNet26`, srebuffi/residual_adapters ``models.py``,
+parallel and series adapters) carry the released parameter names. BatchNorm statistics are
+set from a real forward pass, then perturbed (non-trivial, yet activations stay O(1)), and
+the networks run in eval mode (:func:`~ur_jax.convert.twins.randomize_resnet26`).
 
 The released UniversalRepresentations network has no ReLU after ``end_bn``; ur_jax's
 ResNet26 has one (unless it gains an ``end_relu`` attribute). Until then the 'url' twins
@@ -19,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import warnings
 
 import numpy as np
@@ -29,12 +27,12 @@ torch = pytest.importorskip("torch")
 
 import jax
 import jax.numpy as jnp
-from torch import nn
-from torch.nn import functional as F
 
 from ur_jax import checkpointing
 from ur_jax.convert import ConversionError, convert, convert_file, load, main
 from ur_jax.convert import resnet26 as convert_resnet26
+from ur_jax.convert.twins import RebuffiResNet26, URLResNet26, numpy_state
+from ur_jax.convert.twins import randomize_resnet26 as randomize
 from ur_jax.suites.decathlon import NUM_CLASSES
 from ur_jax.models import ResNet26
 
@@ -43,215 +41,6 @@ HAS_END_RELU = "end_relu" in {f.name for f in dataclasses.fields(ResNet26)}
 URL_OPTS = {} if HAS_END_RELU else {"end_relu": True}
 TWIN_END_RELU = not HAS_END_RELU
 WIDTH = 0.25  # 8-16-32-64 channels
-
-
-# ------------------------------------------------------------------------- the PyTorch twins
-
-
-class Conv1x1(nn.Module):
-    """``conv1x1`` of both codes in parallel mode: ``.conv`` a bias-free 1x1 at a stride."""
-
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
-
-    def forward(self, x):
-        return self.conv(x)
-
-
-class SeriesConv1x1(nn.Module):
-    """Rebuffi's series ``conv1x1``: ``x + conv1x1(bn(x))``."""
-
-    def __init__(self, c):
-        super().__init__()
-        self.conv = nn.Sequential(nn.BatchNorm2d(c), nn.Conv2d(c, c, 1, bias=False))
-
-    def forward(self, x):
-        return self.conv(x) + x
-
-
-class ConvAd(nn.Module):
-    """``attach_ad.conv_ad``: the 3x3 conv plus one parallel 1x1 per domain."""
-
-    def __init__(self, cin, cout, stride, copies, adapters):
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        if adapters:
-            self.parallel_conv = nn.ModuleList([Conv1x1(cin, cout, stride)
-                                                for _ in range(copies)])
-        self.adapters = adapters
-
-    def forward(self, x, t):
-        y = self.conv(x)
-        return y + self.parallel_conv[t](x) if self.adapters else y
-
-
-class DomainBN(nn.Module):
-    """``attach_ad.domain_bn``."""
-
-    def __init__(self, c, copies):
-        super().__init__()
-        self.bns = nn.ModuleList([nn.BatchNorm2d(c) for _ in range(copies)])
-
-    def forward(self, x, t):
-        return self.bns[t](x)
-
-
-def _call(m, x, t):
-    return m(x, t) if isinstance(m, (ConvAd, DomainBN)) else m(x)
-
-
-def _shortcut(x, cout, stride):
-    if stride == 1 and x.shape[1] == cout:
-        return x
-    r = F.avg_pool2d(x, 2)
-    return torch.cat((r, r * 0), 1)
-
-
-class URLBlock(nn.Module):
-    def __init__(self, cin, cout, stride, conv, bn):
-        super().__init__()
-        self.conv1, self.bn1 = conv(cin, cout, stride), bn(cout)
-        self.conv2, self.bn2 = conv(cout, cout, 1), bn(cout)
-        self.cout, self.stride = cout, stride
-
-    def forward(self, x, t):
-        y = F.relu(_call(self.bn1, _call(self.conv1, x, t), t))
-        y = _call(self.bn2, _call(self.conv2, y, t), t)
-        return F.relu(y + _shortcut(x, self.cout, self.stride))
-
-
-class URLResNet26(nn.Module):
-    """UniversalRepresentations' ``models.resnet26`` (``copies=0``) or, after
-    ``attach_ads``, with ``copies`` per-domain BatchNorms (+ parallel adapters)."""
-
-    def __init__(self, num_classes, width=WIDTH, copies=0, adapters=False, nblocks=(4, 4, 4),
-                 end_relu=False):
-        super().__init__()
-
-        def conv(cin, cout, s):
-            if copies:
-                return ConvAd(cin, cout, s, copies, adapters)
-            return nn.Conv2d(cin, cout, 3, s, 1, bias=False)
-
-        def bn(c):
-            return DomainBN(c, copies) if copies else nn.BatchNorm2d(c)
-
-        c = [int(32 * width), int(64 * width), int(128 * width), int(256 * width)]
-        self.conv1, self.bn1 = conv(3, c[0], 1), bn(c[0])
-        for s in range(3):
-            blocks = [URLBlock(c[s] if b == 0 else c[s + 1], c[s + 1], 2 if b == 0 else 1,
-                               conv, bn) for b in range(nblocks[s])]
-            setattr(self, f"layer{s + 1}", nn.Sequential(*blocks))
-        self.end_bn = bn(c[3])
-        if len(num_classes) == 1:
-            self.cls_fn = nn.Linear(c[3], num_classes[0])
-        else:
-            self.cls_fn = nn.ModuleList([nn.Linear(c[3], n) for n in num_classes])
-        self.end_relu = end_relu
-
-    def forward(self, x, t=0):
-        out = {"stem": _call(self.bn1, _call(self.conv1, x, t), t)}
-        x = out["stem"]
-        for s in (1, 2, 3):
-            for block in getattr(self, f"layer{s}"):
-                x = block(x, t)
-            out[f"layer{s}"] = x
-        x = _call(self.end_bn, x, t)
-        if self.end_relu:
-            x = F.relu(x)
-        out["pooled"] = x.mean((2, 3))
-        head = self.cls_fn if isinstance(self.cls_fn, nn.Linear) else self.cls_fn[t]
-        out["logits"] = head(out["pooled"])
-        return out
-
-
-class ConvTask(nn.Module):
-    """Rebuffi's ``conv_task``: shared 3x3 conv, per-domain BatchNorm and adapter."""
-
-    def __init__(self, cin, cout, stride, n, mode):
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        if mode == "series":
-            self.bns = nn.ModuleList([nn.Sequential(SeriesConv1x1(cout), nn.BatchNorm2d(cout))
-                                      for _ in range(n)])
-        else:
-            if mode == "parallel":
-                self.parallel_conv = nn.ModuleList([Conv1x1(cin, cout, stride)
-                                                    for _ in range(n)])
-            self.bns = nn.ModuleList([nn.BatchNorm2d(cout) for _ in range(n)])
-        self.mode = mode
-
-    def forward(self, x, t):
-        y = self.conv(x)
-        if self.mode == "parallel":
-            y = y + self.parallel_conv[t](x)
-        return self.bns[t](y)
-
-
-class RebuffiBlock(nn.Module):
-    def __init__(self, cin, cout, stride, n, mode):
-        super().__init__()
-        self.conv1 = ConvTask(cin, cout, stride, n, mode)
-        self.conv2 = nn.Sequential(nn.ReLU(), ConvTask(cout, cout, 1, n, mode))
-        self.cout, self.stride = cout, stride
-
-    def forward(self, x, t):
-        y = self.conv2[1](self.conv2[0](self.conv1(x, t)), t)
-        return F.relu(y + _shortcut(x, self.cout, self.stride))
-
-
-class RebuffiResNet26(nn.Module):
-    """srebuffi/residual_adapters' ``models.resnet26`` (mode 'none' / 'parallel' / 'series')."""
-
-    def __init__(self, num_classes, width=WIDTH, mode="parallel", nblocks=(4, 4, 4)):
-        super().__init__()
-        n = len(num_classes)
-        c = [int(32 * width), int(64 * width), int(128 * width), int(256 * width)]
-        self.pre_layers_conv = ConvTask(3, c[0], 1, n, mode)
-        for s in range(3):
-            blocks = [RebuffiBlock(c[s] if b == 0 else c[s + 1], c[s + 1], 2 if b == 0 else 1,
-                                   n, mode) for b in range(nblocks[s])]
-            setattr(self, f"layer{s + 1}", nn.Sequential(*blocks))
-        self.end_bns = nn.ModuleList([nn.Sequential(nn.BatchNorm2d(c[3]), nn.ReLU())
-                                      for _ in range(n)])
-        self.linears = nn.ModuleList([nn.Linear(c[3], k) for k in num_classes])
-
-    def forward(self, x, t=0):
-        out = {"stem": self.pre_layers_conv(x, t)}
-        x = out["stem"]
-        for s in (1, 2, 3):
-            for block in getattr(self, f"layer{s}"):
-                x = block(x, t)
-            out[f"layer{s}"] = x
-        out["pooled"] = self.end_bns[t](x).mean((2, 3))
-        out["logits"] = self.linears[t](out["pooled"])
-        return out
-
-
-def randomize(net, domains=1, size=32, seed=0):
-    """Random weights; BatchNorm statistics from one batch per domain, then perturbed."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.Conv2d):
-                std = math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels))
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * std
-                               * (1.0 if m.kernel_size[0] == 3 else 0.3))
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
-                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
-                m.momentum = 1.0
-            elif isinstance(m, nn.Linear):
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-        net.train()
-        for t in range(domains):
-            net(torch.randn(8, 3, size, size, generator=g), t)
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.add_(0.1 * torch.randn(m.running_mean.shape, generator=g))
-                m.running_var.mul_(0.7 + 0.7 * torch.rand(m.running_var.shape, generator=g))
-    return net.eval()
 
 
 def save_url(net, path, **extra):
@@ -265,11 +54,6 @@ def save_rebuffi(net, path):
     """A Rebuffi network's ``state_dict`` (its .t7 files pickle the module itself)."""
     torch.save({"net": net.state_dict(), "acc": 80.6, "epoch": 3}, path)
     return str(path)
-
-
-def state(net):
-    return {k: v.detach().numpy().copy() for k, v in net.state_dict().items()
-            if not k.endswith("num_batches_tracked")}
 
 
 def assert_parity(net, converted, order, size=32):
@@ -314,7 +98,7 @@ def test_url_teacher_parity(tmp_path):
     assert checkpointing.load_model(dst, expected=checkpointing.model_spec(
         "resnet26", kwargs, {"dtd": 47}))
     assert model.backbone.domains == () and model.backbone.adapter == "none"
-    n_torch = sum(v.size for v in state(net).values())
+    n_torch = sum(v.size for v in numpy_state(net).values())
     assert sum(x.size for x in jax.tree.leaves(variables)) == n_torch
 
 
@@ -348,9 +132,10 @@ def test_url_shared_bn_student_as_per_domain(tmp_path):
     assert model.backbone.domains == () and model.backbone.stage_sizes == (1, 1, 1)
     assert model.domains == ("gtsrb", "ucf101")
     # per_domain=True: every domain's BatchNorm is a copy of the shared one (same outputs)
+    sd = numpy_state(net)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Converting with end_relu")
-        spec, variables = convert_resnet26.convert(state(net), domains=("ucf101", "gtsrb"),
+        spec, variables = convert_resnet26.convert(sd, domains=("ucf101", "gtsrb"),
                                                    per_domain="true", **URL_OPTS)
     assert spec["backbone_kwargs"]["domains"] == ["gtsrb", "ucf101"]
     assert spec["backbone_kwargs"]["adapter"] == "none"
@@ -358,7 +143,7 @@ def test_url_shared_bn_student_as_per_domain(tmp_path):
                                   ("batch_stats", "running_var", "var")):
         bn = variables[coll]["backbone"]["layer1_0"]["bn2"]
         for d in ("gtsrb", "ucf101"):
-            np.testing.assert_array_equal(bn[d][leaf], state(net)[f"layer1.0.bn2.{torch_key}"])
+            np.testing.assert_array_equal(bn[d][leaf], sd[f"layer1.0.bn2.{torch_key}"])
 
 
 def test_rebuffi_parallel_student_parity(tmp_path):
@@ -377,7 +162,7 @@ def test_rebuffi_series_single_task_parity():
     """Series adapters, their inner BatchNorm folded in; one task -> a single-domain model
     (head named by its class count)."""
     net = randomize(RebuffiResNet26([10], mode="series", nblocks=(1, 1, 1)))
-    spec, variables = convert_resnet26.convert(state(net))
+    spec, variables = convert_resnet26.convert(numpy_state(net))
     assert spec["num_classes"] == [["svhn", 10]]  # the only Decathlon domain with 10 classes
     assert spec["backbone_kwargs"] == {"width": WIDTH, "stage_sizes": [1, 1, 1],
                                        "adapter": "series"}
@@ -394,7 +179,7 @@ def test_full_size_release_shapes_without_running():
     backbones takes seconds.)"""
     counts = [NUM_CLASSES[d] for d in convert_resnet26.RELEASE_DOMAINS]
     net = URLResNet26(counts, width=1.0)
-    sd = state(net)
+    sd = numpy_state(net)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Converting with end_relu")
         spec, variables = convert_resnet26.convert(sd, **URL_OPTS)
@@ -429,7 +214,7 @@ def test_full_size_release_shapes_without_running():
 @pytest.mark.filterwarnings("ignore:Converting with end_relu")
 def test_final_relu_refused_and_options_checked():
     net = randomize(URLResNet26([2, 3], copies=2, adapters=True, nblocks=(1, 1, 1)), domains=2)
-    sd = state(net)
+    sd = numpy_state(net)
     if not HAS_END_RELU:
         with pytest.raises(ConversionError, match="no ReLU after its final BatchNorm"):
             convert_resnet26.convert(sd, domains=("a", "b"))
@@ -449,7 +234,7 @@ def test_final_relu_refused_and_options_checked():
 
 def test_mismatched_checkpoints_are_refused_with_names():
     net = randomize(URLResNet26([47], nblocks=(2, 2, 2)))
-    sd = state(net)
+    sd = numpy_state(net)
     sd["layer2.1.conv1.weight"] = np.zeros((16, 32, 3, 3), np.float32)  # (32, 32, 3, 3)
     del sd["layer1.0.bn2.running_var"]
     sd["layer4.0.conv1.weight"] = np.zeros((128, 64, 3, 3), np.float32)
@@ -462,7 +247,7 @@ def test_mismatched_checkpoints_are_refused_with_names():
     assert "layer4.0.conv1.weight (128, 64, 3, 3)" in msg and "fc.weight (10, 64)" in msg
     assert "layer2.1.conv1.weight (16, 32, 3, 3) -> params/backbone/layer2_1/conv1/kernel " \
            "expects (3, 3, 32, 32)" in msg
-    sd = state(net)
+    sd = numpy_state(net)
     sd["cls_fn.weight"] = np.zeros((47, 65), np.float32)
     with pytest.raises(ConversionError, match=r"cls_fn.weight \(47, 65\)"), \
             warnings.catch_warnings():
@@ -483,7 +268,7 @@ def test_cli(tmp_path, capsys):
     assert "Converted" in capsys.readouterr().out
     saved = json.loads((tmp_path / "out" / "model.json").read_text())
     assert saved["num_classes"] == [["dtd", 3], ["gtsrb", 2]]
-    spec, _ = convert("resnet26", state(net), domains=("gtsrb", "dtd"),
+    spec, _ = convert("resnet26", numpy_state(net), domains=("gtsrb", "dtd"),
                       **({} if HAS_END_RELU else {"end_relu": "yes"}))
     assert spec["backbone_kwargs"]["domains"] == ["dtd", "gtsrb"]
     with pytest.raises(SystemExit, match="adapter='series'"):

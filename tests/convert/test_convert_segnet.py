@@ -1,9 +1,10 @@
 """PyTorch SegNet (DensePred STL / URL, MTAN split) -> ur_jax ``segnet``: exact parity.
 
-The PyTorch twin below is written from the architecture description (MTAN's SegNet as
-used by VICO-UoE/UniversalRepresentations' DensePred code), with the released parameter
-names: ``backbone.{encoder_block,decoder_block,conv_block_enc,conv_block_dec}...`` and the
-heads ``decoder.pred_task`` (single task) / ``decoders.<task>.pred_task`` (URL model).
+The PyTorch twins (:mod:`ur_jax.convert.twins`: MTAN's SegNet as used by
+VICO-UoE/UniversalRepresentations' DensePred code) carry the released parameter names:
+``backbone.{encoder_block,decoder_block,conv_block_enc,conv_block_dec}...`` and the heads
+``decoder.pred_task`` (:class:`~ur_jax.convert.twins.SingleTaskSegNet`) /
+``decoders.<task>.pred_task`` (:class:`~ur_jax.convert.twins.MultiTaskSegNet`, the URL model).
 """
 
 from __future__ import annotations
@@ -18,111 +19,16 @@ torch = pytest.importorskip("torch")
 import jax
 import jax.numpy as jnp
 from torch import nn
-from torch.nn import functional as F
 
 from ur_jax import checkpointing
 from ur_jax.convert import ConversionError, convert, convert_file, load, main
 from ur_jax.convert import segnet as convert_segnet
+from ur_jax.convert.twins import MultiTaskSegNet as MultiTaskModel
+from ur_jax.convert.twins import SingleTaskSegNet as SingleTaskModel
+from ur_jax.convert.twins import numpy_state
+from ur_jax.convert.twins import randomize_segnet as randomize
 
-FULL = (64, 128, 256, 512, 512)
 SMALL = (4, 8, 16, 32, 32)  # MTAN's channels at width 1/16
-
-
-# ------------------------------------------------------------------------- the PyTorch twin
-
-
-def conv_layer(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
-
-
-class TorchSegNet(nn.Module):
-    """MTAN's SegNet backbone; forward -> [bottleneck, decoder output] (DensePred)."""
-
-    def __init__(self, f=FULL):
-        super().__init__()
-        n = len(f)
-        self.encoder_block = nn.ModuleList(
-            [conv_layer(3 if i == 0 else f[i - 1], f[i]) for i in range(n)])
-        self.decoder_block = nn.ModuleList(
-            [conv_layer(f[i], f[max(i - 1, 0)]) for i in range(n)])
-        enc, dec = [], []
-        for i in range(n):
-            c = f[max(i - 1, 0)]
-            if i < 2:
-                enc.append(conv_layer(f[i], f[i]))
-                dec.append(conv_layer(c, c))
-            else:
-                enc.append(nn.Sequential(conv_layer(f[i], f[i]), conv_layer(f[i], f[i])))
-                dec.append(nn.Sequential(conv_layer(c, c), conv_layer(c, c)))
-        self.conv_block_enc, self.conv_block_dec = nn.ModuleList(enc), nn.ModuleList(dec)
-        self.down = nn.MaxPool2d(2, 2, return_indices=True)
-        self.up = nn.MaxUnpool2d(2, 2)
-
-    def forward(self, x):
-        indices = []
-        for i in range(len(self.encoder_block)):
-            x = self.conv_block_enc[i](self.encoder_block[i](x))
-            x, idx = self.down(x)
-            indices.append(idx)
-        bottleneck = x
-        for i in reversed(range(len(self.encoder_block))):
-            x = self.conv_block_dec[i](self.decoder_block[i](self.up(x, indices[i])))
-        return [bottleneck, x]
-
-
-class Head(nn.Module):
-    def __init__(self, c: int, out: int):
-        super().__init__()
-        self.pred_task = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, out, 1))
-
-    def forward(self, x):
-        return self.pred_task(x)
-
-
-OUT_FNS = {"semantic": lambda y: F.log_softmax(y, dim=1), "depth": lambda y: y,
-           "normal": lambda y: F.normalize(y, p=2, dim=1)}
-
-
-class SingleTaskModel(nn.Module):
-    def __init__(self, task: str, out: int, f=FULL):
-        super().__init__()
-        self.backbone, self.decoder, self.task = TorchSegNet(f), Head(f[0], out), task
-
-    def forward(self, x):
-        feats = self.backbone(x)
-        raw = {self.task: self.decoder(feats[-1])}
-        return {t: OUT_FNS[t](y) for t, y in raw.items()}, raw, feats
-
-
-class MultiTaskModel(nn.Module):
-    def __init__(self, tasks, f=FULL):
-        super().__init__()
-        self.backbone = TorchSegNet(f)
-        self.decoders = nn.ModuleDict({t: Head(f[0], n) for t, n in tasks})
-
-    def forward(self, x):
-        feats = self.backbone(x)
-        raw = {t: d(feats[-1]) for t, d in self.decoders.items()}
-        return {t: OUT_FNS[t](y) for t, y in raw.items()}, raw, feats
-
-
-def randomize(model: nn.Module, seed: int) -> nn.Module:
-    """Random weights and non-trivial BatchNorm statistics; eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                fan = m.weight[0].numel()
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan) ** 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-            elif isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.weight.copy_(1.0 + 0.3 * torch.randn(c, generator=g))
-                m.bias.copy_(0.2 * torch.randn(c, generator=g))
-                m.running_mean.copy_(0.3 * torch.randn(c, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=g))
-    return model.eval()
 
 
 def save_released(model: nn.Module, path, extra=None) -> str:
@@ -134,11 +40,6 @@ def save_released(model: nn.Module, path, extra=None) -> str:
     blob.update(extra or {})
     torch.save(blob, path)
     return str(path)
-
-
-def numpy_state(model: nn.Module) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in model.state_dict().items()
-            if not k.endswith("num_batches_tracked")}
 
 
 def nhwc(t) -> np.ndarray:
