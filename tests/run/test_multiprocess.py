@@ -22,7 +22,6 @@ import pytest
 from ur_jax import checkpointing
 from ur_jax import run as run_lib
 from ur_jax.config import load_config
-from ur_jax.suites import embedded
 
 pytestmark = pytest.mark.slow
 
@@ -63,13 +62,6 @@ def _run_two(config: str, workdir: str, overrides=()) -> dict:
         assert p.wait(timeout=900) == 0, _log(workdir, i)[-4000:]
     with open(os.path.join(workdir, "results.json")) as f:
         return json.load(f)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("tfds"))
-    embedded.prepare(path, ("digits", "shapes", "symbols"))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import pytest
 
 from ur_jax import run as run_lib
 from ur_jax.config import load_config
-from ur_jax.suites import embedded
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
@@ -23,9 +22,8 @@ def _leaves(tree):
         yield tree
 
 
-def test_bf16_default_smoke_is_finite_and_near_float32(tmp_path, devices):
-    data = str(tmp_path / "tfds")
-    embedded.prepare(data, ("digits", "shapes", "symbols"))
+def test_bf16_default_smoke_is_finite_and_near_float32(data_dir, tmp_path, devices):
+    data = data_dir
     params = {}
 
     def hook(stage, step, state):

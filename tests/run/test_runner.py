@@ -16,7 +16,6 @@ import pytest
 
 from ur_jax import checkpointing, sharding
 from ur_jax.config import load_config
-from ur_jax.suites import embedded
 from ur_jax import run as run_lib
 
 # One compiled-function cache for this module's runs: equal models share their compiled steps.
@@ -33,13 +32,6 @@ ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
 def _load_config(arg="smoke", **overrides):
     path = os.path.join(ROOT, "configs", "default.py")
     return load_config(f"{path}:{arg}" if arg else path, **overrides)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("tfds"))
-    embedded.prepare(path, ("digits", "shapes", "symbols"))
-    return path
 
 
 @pytest.fixture(scope="module")
