@@ -309,13 +309,24 @@ def _deeplab_head_count(c, n_out, feat=256, rates=3):
 
 
 def _conv_dilations(model, x):
+    """Kernel dilation -> number of convolutions in the forward pass (ur_jax's convolutions
+    sit inside custom_jvp calls: sub-jaxprs are walked too)."""
     jaxpr = jax.make_jaxpr(model.apply)(jax.eval_shape(model.init, jax.random.PRNGKey(0), x), x)
     counts: dict[int, int] = {}
-    for eqn in jaxpr.jaxpr.eqns:
-        if eqn.primitive.name == "conv_general_dilated":
-            d = eqn.params["rhs_dilation"]
-            assert d[0] == d[1]
-            counts[d[0]] = counts.get(d[0], 0) + 1
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "conv_general_dilated":
+                d = eqn.params["rhs_dilation"]
+                assert d[0] == d[1]
+                counts[d[0]] = counts.get(d[0], 0) + 1
+            for value in eqn.params.values():
+                if isinstance(value, jax.extend.core.ClosedJaxpr):
+                    walk(value.jaxpr)
+                elif isinstance(value, jax.extend.core.Jaxpr):
+                    walk(value)
+
+    walk(jaxpr.jaxpr)
     return counts
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import flax.linen as nn
 
+from ur_jax.models.conv import Conv, conv_general_dilated
 from ur_jax.models.heads import Heads, MultiHeadClassifier
 from ur_jax.models.resnet import (
     BasicBlock,
@@ -83,7 +84,8 @@ def get_dense_model(name: str, **kwargs: Any) -> nn.Module:
     return constructor(**kwargs)
 
 
-__all__ = ["AdapterBlock", "PerDomain", "ResNet26", "from_single_domain", "BasicBlock", "Bottleneck", "DeepLabV3ResNet50", "Heads", "MultiHeadClassifier",
+__all__ = ["AdapterBlock", "PerDomain", "ResNet26", "from_single_domain", "BasicBlock", "Bottleneck",
+           "Conv", "DeepLabV3ResNet50", "Heads", "MultiHeadClassifier", "conv_general_dilated",
            "ResNet", "ResNet18", "ResNet18MetaDataset", "ResNet34", "ResNet50", "SegNet",
            "backbone_names", "dense_model_names", "get_backbone", "get_dense_model",
            "max_pool_with_indices", "max_unpool", "register_backbone"]

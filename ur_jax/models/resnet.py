@@ -34,6 +34,8 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ur_jax.models.conv import Conv
+
 Array = Any
 ModuleDef = Any
 
@@ -65,7 +67,7 @@ class BasicBlock(nn.Module):
 
     features: int
     strides: int = 1
-    conv: ModuleDef = nn.Conv
+    conv: ModuleDef = Conv
     norm: ModuleDef = BatchNorm
     conv_adapter: Callable[..., nn.Module] | None = None
     zero_init_residual: bool = False
@@ -98,7 +100,7 @@ class Bottleneck(nn.Module):
 
     features: int
     strides: int = 1
-    conv: ModuleDef = nn.Conv
+    conv: ModuleDef = Conv
     norm: ModuleDef = BatchNorm
     conv_adapter: Callable[..., nn.Module] | None = None
     zero_init_residual: bool = False
@@ -165,7 +167,7 @@ class ResNet(nn.Module):
         if len(self.stage_sizes) != len(self.stage_widths):
             raise ValueError(f"stage_sizes {tuple(self.stage_sizes)} and stage_widths "
                              f"{tuple(self.stage_widths)} must have the same length.")
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
+        conv = functools.partial(Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
         norm = functools.partial(BatchNorm, use_running_average=not train,
                                  momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                                  dtype=self.dtype)

@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from ur_jax import adapters as adapters_lib
+from ur_jax.models.conv import Conv
 from ur_jax.models.resnet import BatchNorm, conv_init, same_padding, scaled_width
 
 Array = Any
@@ -69,7 +70,7 @@ class _Parts(nn.Module):
     adapter: str = "none"
     adapter_init: str = "zeros"
     norm: Callable[..., nn.Module] = BatchNorm
-    conv: Callable[..., nn.Module] = nn.Conv
+    conv: Callable[..., nn.Module] = Conv
 
     def _per_domain(self, make, name: str, domain: str | None, *args):
         if self.domains:
@@ -186,7 +187,7 @@ class ResNet26(nn.Module):
                              f"pass domain=.")
         if not self.domains and domain is not None:
             raise ValueError(f"This ResNet26 is single-domain; got domain={domain!r}.")
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
+        conv = functools.partial(Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
         norm = functools.partial(BatchNorm, use_running_average=not train,
                                  momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                                  dtype=self.dtype)

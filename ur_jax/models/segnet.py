@@ -71,6 +71,7 @@ import jax
 import jax.numpy as jnp
 
 from ur_jax.adapters import xavier_normal  # the conv initialiser of MTAN's SegNet
+from ur_jax.models.conv import Conv
 from ur_jax.models.resnet import BatchNorm, Bottleneck, conv_init, scaled_width
 
 Array = Any
@@ -221,7 +222,7 @@ class ConvBNReLU(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        x = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=True,
+        x = Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=True,
                     kernel_init=xavier_normal, bias_init=nn.initializers.zeros,
                     dtype=self.dtype, name="conv")(x)
         x = BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
@@ -311,7 +312,7 @@ class DenseHead(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        conv = functools.partial(nn.Conv, use_bias=True, kernel_init=xavier_normal,
+        conv = functools.partial(Conv, use_bias=True, kernel_init=xavier_normal,
                                  bias_init=nn.initializers.zeros, dtype=self.dtype)
         x = conv(x.shape[-1], (3, 3), padding=((1, 1), (1, 1)), name="conv3x3")(x)
         return conv(self.out_channels, (1, 1), padding="VALID", name="conv1x1")(x)
@@ -492,7 +493,7 @@ class DilatedResNet50(nn.Module):
                   32: (False, False, False)}.get(self.output_stride)
         if dilate is None:
             raise ValueError(f"output_stride must be 8, 16 or 32; found {self.output_stride}.")
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
+        conv = functools.partial(Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
         norm = functools.partial(BatchNorm, use_running_average=not train,
                                  momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                                  dtype=self.dtype)
@@ -536,7 +537,7 @@ class ASPP(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        conv = functools.partial(nn.Conv, self.features, use_bias=False, dtype=self.dtype,
+        conv = functools.partial(Conv, self.features, use_bias=False, dtype=self.dtype,
                                  kernel_init=torch_default_conv_init)
         norm = functools.partial(BatchNorm, use_running_average=not train,
                                  momentum=self.bn_momentum, epsilon=self.bn_epsilon,
@@ -575,12 +576,12 @@ class DeepLabHead(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         x = ASPP(self.rates, self.features, self.dropout, dtype=self.dtype,
                  bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, name="aspp")(x, train)
-        x = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+        x = Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                     dtype=self.dtype, kernel_init=torch_default_conv_init, name="conv")(x)
         x = BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                          epsilon=self.bn_epsilon, dtype=self.dtype, name="bn")(x)
         x = nn.relu(x)
-        return nn.Conv(self.out_channels, (1, 1), dtype=self.dtype,
+        return Conv(self.out_channels, (1, 1), dtype=self.dtype,
                        kernel_init=torch_default_conv_init, name="classifier")(x)
 
 
