@@ -57,7 +57,8 @@ def main() -> None:
 
     functions, spaces = {}, {}
     for name in args.methods.split(","):
-        method = mtl.get_method(name, **({"steps_per_epoch": 100} if name == "dwa" else {}))
+        method = mtl.get_method(name, **({"steps_per_epoch": 100}
+                                         if "steps_per_epoch" in mtl.method_options(name) else {}))
         step = jax.jit(dense_steps.make_mtl_step(model, TASKS, method), donate_argnums=0)
         state = dense_steps.init_mtl_state(variables, method, len(TASKS), optim.adam(1e-4))
         functions[name] = (step, (state, batch))

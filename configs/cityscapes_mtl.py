@@ -2,8 +2,11 @@
 multi-task optimisation methods of ur_jax.mtl, next to the single-task teachers.
 
 Methods: uniform, uncertainty, dwa, gradnorm, mgda, pcgrad, graddrop, imtl_l, imtl_g,
-imtl_h, cagrad, and bam (Born-Again Multi-task networks: targets annealed linearly from the
-stl teachers' predictions to the ground truth). Data: MTAN's preprocessed Cityscapes (see
+imtl_h, cagrad; LibMTL's gls, rlw, stch, famo, db_mtl, gradvac, aligned_mtl, upgrad,
+excess_mtl, nash_mtl, fairgrad, moco, modo, sdmgrad (ur_jax.mtl; options as in
+nyuv2_mtl.py); and bam (Born-Again Multi-task networks: targets annealed linearly from the
+stl teachers' predictions to the ground truth). Architectures: --config.model.name=segnet
+(default), mtan or cross_stitch (see nyuv2_mtl.py). Data: MTAN's preprocessed Cityscapes (see
 cityscapes_stl.py).
 
 Protocol: the authors' DensePred losses and evaluation (VICO-UoE/UniversalRepresentations,

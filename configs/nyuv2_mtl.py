@@ -2,7 +2,9 @@
 multi-task optimisation methods of ur_jax.mtl, next to the single-task teachers.
 
 Methods: uniform, uncertainty, dwa, gradnorm, mgda, pcgrad, graddrop, imtl_l, imtl_g,
-imtl_h, cagrad, and bam (Born-Again Multi-task networks, Clark et al. 2019: the multi-task
+imtl_h, cagrad; the other weighting methods of LibMTL: gls, rlw, stch, famo, db_mtl, gradvac,
+aligned_mtl, upgrad, excess_mtl, nash_mtl, fairgrad, moco, modo, sdmgrad (each written from
+its paper; the docstrings of ur_jax.mtl say where LibMTL differs); and bam (Born-Again Multi-task networks, Clark et al. 2019: the multi-task
 network is trained on targets moving linearly, over the stage's updates, from the single-task
 teachers' predictions to the ground truth; it uses the teachers of the stl stage). Data:
 MTAN's preprocessed NYU-v2 (see nyuv2_stl.py).
@@ -29,8 +31,14 @@ trained with nyuv2_stl.py (otherwise the run trains them first):
         --config.teachers.checkpoints.normal=runs/nyuv2_stl_normal/teachers/normal/model
 
 Method options: --config.mtl.options.c=0.4 (cagrad), .alpha=1.5 (gradnorm),
-.temperature=2.0 (dwa), .leak=0.0 and .eps=1e-7 (graddrop); --config.mtl.space=features|params chooses
+.temperature=2.0 (dwa), .leak=0.0 and .eps=1e-7 (graddrop), .alpha=1.0 (fairgrad), ...
+(ur_jax.mtl.method_options(name) lists a method's); --config.mtl.space=features|params chooses
 where gradient methods combine the task gradients. bam takes no options.
+
+Architectures (--config.model.name): segnet (default, shared SegNet + one head per task),
+mtan (MTAN's attention SegNet, Liu et al. 2019: per-task attention over the shared SegNet;
+parameter-space methods only) or cross_stitch (one SegNet column per task joined by
+cross-stitch units, Misra et al. 2016; parameter-space methods only).
 
 Expected (PAPER.md §1, Table 1; mIoU %, depth abs err, normal mean angle, Delta_MTL %):
 uniform 40.22 / 0.5196 / 29.09 / -1.13, uncertainty 37.35 / 0.5014 / 26.74 / +0.72,

@@ -46,6 +46,7 @@ turns them into mIoU, errors and angles.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -182,7 +183,8 @@ def make_mtl_step(model, tasks: Sequence[str], method: mtl.MTLMethod, seed: int 
       model: a dense model with heads for (at least) ``tasks``.
       tasks: the task names trained, in the order the method sees them.
       method: a :class:`ur_jax.mtl.MTLMethod` (``mtl.get_method('uniform')`` for a teacher).
-      seed: seeds the methods that draw random numbers (PCGrad's order, GradDrop's mask);
+      seed: seeds the methods that draw random numbers (PCGrad's order, GradDrop's mask,
+        RLW's weights);
         the numbers of step ``k`` are a function of ``(seed, k)``, so resuming is exact.
       space: ``'params'`` or ``'features'`` for gradient methods (default:
         ``method.space``).
@@ -197,13 +199,15 @@ def make_mtl_step(model, tasks: Sequence[str], method: mtl.MTLMethod, seed: int 
         raise ValueError(f"Unknown gradient space {space!r}; expected 'params' or 'features'.")
     num_tasks = len(tasks)
     eye = jnp.eye(num_tasks, dtype=jnp.float32)
+    # Methods written before update_state took the per-task gradients keep working.
+    state_takes_grads = "grads" in inspect.signature(method.update_state).parameters
 
-    def loss_method_step(state: DenseState, batch: Batch):
+    def loss_method_step(state: DenseState, batch: Batch, rng):
         def objective(params):
             (preds, _), stats = _apply(model, params["model"], state.batch_stats, batch["image"],
                                        True)
             per_task = task_losses(preds, batch, tasks)
-            total, weights = method.loss(per_task, params["method"], state.mtl_state)
+            total, weights = method.loss(per_task, params["method"], state.mtl_state, rng)
             return total, (per_task, weights, stats)
 
         (total, (per_task, weights, stats)), grads = jax.value_and_grad(
@@ -224,7 +228,7 @@ def make_mtl_step(model, tasks: Sequence[str], method: mtl.MTLMethod, seed: int 
         combined, method_grads, weights = method.combine(
             matrix, per_task, state.params["method"], state.mtl_state, rng)
         model_grads = {**unflatten(combined), **jax.tree.map(lambda g: g.sum(0), head_grads)}
-        return model_grads, method_grads, per_task, weights, stats
+        return model_grads, method_grads, per_task, weights, stats, matrix
 
     def feature_space_grads(state: DenseState, batch: Batch, rng):
         backbone, heads = model.parts()
@@ -258,32 +262,72 @@ def make_mtl_step(model, tasks: Sequence[str], method: mtl.MTLMethod, seed: int 
         (backbone_grads,) = pull_shared(combined.reshape(z.shape).astype(z.dtype))
         model_grads = {BACKBONE: backbone_grads, HEADS: jax.tree.map(lambda g: g.sum(0), head_grads)}
         new_stats = {**state.batch_stats, BACKBONE: stats} if state.batch_stats else {}
-        return model_grads, method_grads, per_task, weights, new_stats
+        return (model_grads, method_grads, per_task, weights, new_stats,
+                z_grads.reshape(num_tasks, -1))
 
     def step(state: DenseState, batch: Batch):
         check_batch(batch, tasks)
+        rng = jax.random.fold_in(jax.random.key(seed), state.step)
         if method.uses_gradients:
-            rng = jax.random.fold_in(jax.random.key(seed), state.step)
             fn = param_space_grads if space == "params" else feature_space_grads
-            model_grads, method_grads, per_task, weights, stats = fn(state, batch, rng)
+            model_grads, method_grads, per_task, weights, stats, matrix = fn(state, batch, rng)
             grads = {"model": model_grads, "method": method_grads}
             metrics = _loss_metrics(tasks, per_task, weights)
+            new_mtl_state = (method.update_state(state.mtl_state, per_task, matrix)
+                             if state_takes_grads else
+                             method.update_state(state.mtl_state, per_task))
         else:
-            grads, per_task, stats, metrics = loss_method_step(state, batch)
+            grads, per_task, stats, metrics = loss_method_step(state, batch, rng)
+            new_mtl_state = method.update_state(state.mtl_state, per_task)
         metrics["loss"] = jnp.sum(per_task)
-        new_mtl_state = method.update_state(state.mtl_state, per_task)
         return state.apply_gradients(grads, stats, new_mtl_state), metrics
 
     return step
 
 
+def gradient_dim(model, model_variables: Mapping[str, Any], space: str = "params",
+                 batch_size: int | None = None, image_shape: Sequence[int] | None = None) -> int:
+    """``D`` of the ``(T, D)`` per-task gradients :func:`make_mtl_step` gives its method.
+
+    ``space='params'``: the number of shared parameters of ``model_variables['params']``
+    (every parameter outside the task heads; ``model`` is not used). ``space='features'``:
+    ``batch_size`` (the global batch) times the size of one example's shared ``'decoder'``
+    feature of ``model`` on ``image_shape`` (``(H, W, C)``) images.
+
+    Raises:
+      ValueError: an unknown space, or ``features`` without ``batch_size`` / ``image_shape``.
+    """
+    if space == "params":
+        shared, _ = split_heads(model_variables["params"])
+        return int(sum(math.prod(x.shape) for x in jax.tree.leaves(shared)))
+    if space != "features":
+        raise ValueError(f"Unknown gradient space {space!r}; expected 'params' or 'features'.")
+    if batch_size is None or image_shape is None:
+        raise ValueError("gradient_dim(space='features') needs batch_size and image_shape.")
+    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    feats = jax.eval_shape(lambda v, x: model.apply(v, x, train=False)[1], model_variables, x)
+    return int(batch_size) * math.prod(feats["decoder"].shape[1:])
+
+
 def init_mtl_state(model_variables: Mapping[str, Any], method: mtl.MTLMethod, num_tasks: int,
                    model_tx: optax.GradientTransformation,
-                   method_tx: optax.GradientTransformation | None = None) -> DenseState:
-    """A :func:`make_mtl_step` state from initialised model variables."""
+                   method_tx: optax.GradientTransformation | None = None,
+                   grad_dim: int | None = None) -> DenseState:
+    """A :func:`make_mtl_step` state from initialised model variables.
+
+    ``grad_dim`` (``D`` of the per-task gradient rows, :func:`gradient_dim`) goes to
+    ``method.init_state`` for methods whose state follows the gradients (DB-MTL, ExcessMTL,
+    MoCo, ...); by default it is the shared-parameter count when ``method.space`` is
+    ``'params'`` (pass it for ``space='features'``)."""
     params = {"model": model_variables["params"], "method": method.init_params(num_tasks)}
+    if "grad_dim" in inspect.signature(method.init_state).parameters:
+        if grad_dim is None and getattr(method, "space", "params") == "params":
+            grad_dim = gradient_dim(None, model_variables)
+        mtl_state = method.init_state(num_tasks, grad_dim=grad_dim)
+    else:  # a duck-typed method written before init_state took grad_dim
+        mtl_state = method.init_state(num_tasks)
     return DenseState.create(params, model_variables.get("batch_stats", {}),
-                             mtl_tx(model_tx, method_tx), method.init_state(num_tasks))
+                             mtl_tx(model_tx, method_tx), mtl_state)
 
 
 # ----------------------------------------------------------------------------- distillation

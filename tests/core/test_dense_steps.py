@@ -65,7 +65,7 @@ class _SumOfGradients:
     def combine(self, grads, losses_, params, state, rng):
         return grads.sum(0), {}, jnp.ones(grads.shape[0])
 
-    def update_state(self, state, losses_):
+    def update_state(self, state, losses_, grads=None):
         return state
 
 
@@ -102,8 +102,7 @@ _DEFAULT_METHODS = ("uncertainty", "dwa", "pcgrad", "gradnorm", "graddrop")
 def test_every_method_trains_data_parallel(variables, devices, name):
     """Two steps of every baseline over 8 devices: finite, the state moves, the method's
     state is carried (DWA rolls its epochs every step here)."""
-    options = {"steps_per_epoch": 1} if name == "dwa" else {}
-    method = mtl.get_method(name, **options)
+    method = mtl.get_method(name, **_method_options(name))
     mesh = sharding.make_mesh(devices)
     step = sharding.jit_data_parallel(dense_steps.make_mtl_step(MODEL, TASKS, method, seed=3),
                                       mesh, batch_argnums=(1,), num_args=2)
@@ -119,6 +118,77 @@ def test_every_method_trains_data_parallel(variables, devices, name):
     assert all(np.all(np.isfinite(x)) for x in leaves)
     moved = [not np.allclose(a, b) for a, b in zip(leaves, jax.tree.leaves(before))]
     assert sum(moved) > len(moved) // 2, name
+
+
+def _method_options(name):
+    return {"steps_per_epoch": 1} if "steps_per_epoch" in mtl.method_options(name) else {}
+
+
+#: Checked by default against the written-out update; every method with -m slow.
+_DEFAULT_WRITTEN_OUT = ("uniform", "uncertainty", "pcgrad", "cagrad")
+
+
+@pytest.mark.parametrize("name", [m if m in _DEFAULT_WRITTEN_OUT else
+                                  pytest.param(m, marks=pytest.mark.slow) for m in mtl.METHODS])
+def test_step_applies_the_method_to_separately_computed_task_gradients(variables, name):
+    """For every method, the parameter-space step's update (SGD, lr 0.1) is the method applied
+    to per-task quantities computed here independently of the step's vmapped pullbacks: a
+    separate jax.grad per task (gradient methods: combine on the stacked flattened shared
+    gradients, heads get the sum of their task gradients) or jax.grad of method.loss (loss
+    methods), with the step's random key fold_in(key(seed), step); and the method state is
+    update_state of the same losses (and gradients)."""
+    from jax.flatten_util import ravel_pytree
+
+    method = mtl.get_method(name, **_method_options(name))
+    batch, seed, lr = _batch(7), 11, 0.1
+    state0 = dense_steps.init_mtl_state(jax.device_get(variables), method, len(TASKS),
+                                        optim.sgd(lr, momentum=0.0))
+    state, _ = jax.jit(dense_steps.make_mtl_step(MODEL, TASKS, method, seed=seed,
+                                                 space="params"))(state0, batch)
+    params, mparams, mstate = (state0.params["model"], state0.params["method"],
+                               state0.mtl_state)
+    rng = jax.random.fold_in(jax.random.key(seed), 0)
+
+    def task_loss(model_params, t):
+        (preds, _), _ = MODEL.apply({"params": model_params,
+                                     "batch_stats": state0.batch_stats}, batch["image"],
+                                    train=True, mutable=["batch_stats"])
+        return losses.dense_task_loss(t, preds[t], batch[t])
+
+    per_task = jnp.stack([task_loss(params, t) for t in TASKS])
+    expected_mstate = None
+    if method.uses_gradients:
+        grads = [jax.grad(task_loss)(params, t) for t in TASKS]
+        shared = [dense_steps.split_heads(g)[0] for g in grads]
+        rows = []
+        for g in shared:
+            flat, unravel = ravel_pytree(g)
+            rows.append(flat)
+        matrix = jnp.stack(rows)
+        combined, dm, _ = method.combine(matrix, per_task, mparams, mstate, rng)
+        heads = jax.tree.map(lambda *g: sum(g), *[dense_steps.split_heads(g)[1] for g in grads])
+        model_grads = {**unravel(combined), **heads}
+        expected_mstate = method.update_state(mstate, per_task, matrix)
+    else:
+        def objective(p):
+            per = jnp.stack([task_loss(p["model"], t) for t in TASKS])
+            return method.loss(per, p["method"], mstate, rng)[0]
+        g = jax.grad(objective)({"model": params, "method": mparams})
+        model_grads, dm = g["model"], g["method"]
+        expected_mstate = method.update_state(mstate, per_task)
+    for (path, a), b, g in zip(jax.tree_util.tree_leaves_with_path(state.params["model"]),
+                               jax.tree.leaves(params), jax.tree.leaves(model_grads)):
+        expected = b - lr * g
+        np.testing.assert_allclose(a, expected, rtol=2e-4,
+                                   atol=2e-4 * float(np.abs(lr * g).max()) + 1e-7,
+                                   err_msg=f"{name} {jax.tree_util.keystr(path)}")
+    for a, b, g in zip(jax.tree.leaves(state.params["method"]), jax.tree.leaves(mparams),
+                       jax.tree.leaves(dm)):
+        np.testing.assert_allclose(a, b - lr * g, rtol=2e-4, atol=1e-6, err_msg=name)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(state.mtl_state),
+                            jax.tree.leaves(expected_mstate)):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5,
+                                   err_msg=f"{name} state {jax.tree_util.keystr(path)}")
 
 
 def test_feature_space_graddrop_uses_one_mask_per_feature_for_the_batch(variables):
@@ -163,21 +233,26 @@ def test_feature_space_graddrop_uses_one_mask_per_feature_for_the_batch(variable
                                    err_msg=jax.tree_util.keystr(path))
 
 
-def test_random_methods_are_the_same_on_one_and_eight_devices(variables, devices):
-    """PCGrad draws its task order from (seed, step): the result does not depend on the
-    number of devices."""
-    method = mtl.get_method("pcgrad")
-    batch = _batch(4)
+@pytest.mark.parametrize("name", [m if m == "pcgrad" else pytest.param(m, marks=pytest.mark.slow)
+                                  for m in mtl.METHODS])
+def test_methods_are_the_same_on_one_and_eight_devices(variables, devices, name):
+    """Randomised methods (PCGrad's task order, GradDrop's mask, RLW's weights, ...) draw
+    from (seed, step) and every method's state follows the global batch: two steps give
+    the same parameters and method state on 1 and 8 devices."""
+    method = mtl.get_method(name, **_method_options(name))
     out = []
     for n in (1, 8):
         mesh = sharding.make_mesh(devices[:n])
         step = sharding.jit_data_parallel(dense_steps.make_mtl_step(MODEL, TASKS, method, seed=5),
                                           mesh, batch_argnums=(1,), num_args=2)
-        state, _ = step(sharding.replicate(_state(variables, method), mesh),
-                        sharding.shard_batch(batch, mesh))
-        out.append(jax.device_get(state.params["model"]))
-    for a, b in zip(jax.tree.leaves(out[0]), jax.tree.leaves(out[1])):
-        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+        state = sharding.replicate(_state(variables, method), mesh)
+        for i in range(2):
+            state, _ = step(state, sharding.shard_batch(_batch(4 + i), mesh))
+        out.append(jax.device_get((state.params, state.mtl_state)))
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(out[0]),
+                            jax.tree.leaves(out[1])):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4,
+                                   err_msg=f"{name} {jax.tree_util.keystr(path)}")
 
 
 def test_distill_step_matches_the_objective_written_out(variables):

@@ -21,10 +21,10 @@ def _combine(method, grads, losses, params, state, rng):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _loss_and_grads(method, losses, params, state):
+def _loss_and_grads(method, losses, params, state, rng=None):
     """Jitted total, weights and d total / d (losses, params) of a loss-weighting method."""
     def total(l, p):
-        return method.loss(l, p, state)
+        return method.loss(l, p, state, rng)
     (value, weights), grads = jax.value_and_grad(total, argnums=(0, 1), has_aux=True)(
         losses, params)
     return value, weights, grads
@@ -33,7 +33,13 @@ def _loss_and_grads(method, losses, params, state):
 @functools.partial(jax.jit, static_argnums=0)
 def _combine_and_update(method, grads, losses, params, state, rng):
     """combine() followed by update_state(), as a training step would call them."""
-    return method.combine(grads, losses, params, state, rng), method.update_state(state, losses)
+    return (method.combine(grads, losses, params, state, rng),
+            method.update_state(state, losses, grads if method.uses_gradients else None))
+
+
+def _options(name: str) -> dict:
+    """The options a method cannot do without (here: an epoch of one step)."""
+    return {"steps_per_epoch": 1} if "steps_per_epoch" in mtl.method_options(name) else {}
 
 
 def _key(seed: int = 0) -> jax.Array:
@@ -61,10 +67,17 @@ def test_get_method_builds_every_method_with_documented_attributes():
                 "mgda": (True, "params"), "pcgrad": (True, "params"),
                 "graddrop": (True, "features"), "imtl_l": (False, "params"),
                 "imtl_g": (True, "params"), "imtl_h": (True, "params"),
-                "cagrad": (True, "params")}
+                "cagrad": (True, "params"), "gls": (False, "params"),
+                "rlw": (False, "params"), "stch": (False, "params"),
+                "famo": (False, "params"), "db_mtl": (True, "params"),
+                "gradvac": (True, "params"), "aligned_mtl": (True, "params"),
+                "upgrad": (True, "params"), "excess_mtl": (True, "params"),
+                "nash_mtl": (True, "params"), "fairgrad": (True, "params"),
+                "moco": (True, "params"), "modo": (True, "params"),
+                "sdmgrad": (True, "params")}
     assert set(expected) == set(mtl.METHODS)
     for name in mtl.METHODS:
-        opts = {"steps_per_epoch": 2} if name == "dwa" else {}
+        opts = _options(name)
         m = mtl.get_method(name, **opts)
         assert isinstance(m, mtl.MTLMethod)
         assert (m.name, (m.uses_gradients, m.space)) == (name, expected[name])
@@ -624,9 +637,9 @@ def test_cagrad_combined_gradient_formula_rescale_and_sum_scale():
 @pytest.mark.parametrize("t", [2, 3])
 def test_every_method_is_finite_for_zero_gradients_and_zero_losses(t):
     for name in mtl.METHODS:
-        m = mtl.get_method(name, **({"steps_per_epoch": 1} if name == "dwa" else {}))
+        m = mtl.get_method(name, **_options(name))
         params = m.init_params(t)
-        state = m.init_state(t)
+        state = m.init_state(t, grad_dim=5)
         for losses in (jnp.zeros(t), jnp.ones(t)):
             (combined, p_grads, w), new_state = _combine_and_update(
                 m, jnp.zeros((t, 5)), losses, params, state, _key())
@@ -636,7 +649,7 @@ def test_every_method_is_finite_for_zero_gradients_and_zero_losses(t):
             assert all(np.all(np.isfinite(x)) for x in leaves), name
             assert jax.tree_util.tree_structure(p_grads) == jax.tree_util.tree_structure(params)
             if not m.uses_gradients:
-                value, w2, grads = _loss_and_grads(m, losses, params, state)
+                value, w2, grads = _loss_and_grads(m, losses, params, state, _key())
                 leaves = [value, w2, *jax.tree_util.tree_leaves(grads)]
                 assert all(np.all(np.isfinite(x)) for x in leaves), name
             assert int(new_state["step"]) == 1

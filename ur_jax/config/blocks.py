@@ -46,7 +46,9 @@ SCHEDULES = ("cosine", "step", "cosine_restarts")
 ADAPTER_SCHEDULES = ("", "cosine", "cosine_restarts")
 #: The multi-task methods of :mod:`ur_jax.mtl` (a test keeps the two lists equal).
 MTL_METHODS = ("uniform", "uncertainty", "dwa", "gradnorm", "mgda", "pcgrad", "graddrop",
-               "imtl_l", "imtl_g", "imtl_h", "cagrad")
+               "imtl_l", "imtl_g", "imtl_h", "cagrad", "gls", "rlw", "stch", "famo", "db_mtl",
+               "gradvac", "aligned_mtl", "upgrad", "excess_mtl", "nash_mtl", "fairgrad", "moco",
+               "modo", "sdmgrad")
 #: What ``config.mtl.method`` takes: those methods and ``'bam'`` (Born-Again Multi-task
 #: networks, distilled from the single-task teachers with teacher annealing; the paper's BAM
 #: row; it needs the ``stl`` stage).

@@ -1,8 +1,10 @@
-"""The authors' released SegNet checkpoints (NYU-v2 dense prediction) as ur_jax ``segnet`` models.
+"""The authors' released SegNet checkpoints (NYU-v2 dense prediction) as ur_jax ``segnet`` /
+``mtan`` models.
 
 Two PyTorch layouts of MTAN's SegNet are read (both give :class:`ur_jax.models.segnet.SegNet`,
 written by :func:`ur_jax.checkpointing.save_model` with a :func:`~ur_jax.checkpointing.
-dense_model_spec` for the dense model ``'segnet'``):
+dense_model_spec` for the dense model ``'segnet'``), and MTAN's attention SegNet (the dense
+model ``'mtan'``), all with ``--arch segnet``:
 
 * **DensePred** (``VICO-UoE/UniversalRepresentations``, ``DensePred/models``): the released
   single-task teachers (``nyu_stl.py``: ``SingleTaskModel`` with ``backbone`` and one head
@@ -22,9 +24,28 @@ dense_model_spec` for the dense model ``'segnet'``):
 * **MTAN** (``lorenmt/mtan``, ``im2im_pred/model_segnet_single.py`` / ``_split.py``): the
   same backbone names without the ``backbone.`` prefix, heads ``pred_task`` (single task) or
   ``pred_task1``, ``pred_task2``, ``pred_task3`` (split), and ``logsigma`` (uncertainty loss
-  weights, not part of the network: ignored). MTAN's *attention* SegNet
-  (``model_segnet_mtan.py``: ``encoder_att`` / ``decoder_att`` ...) is refused: ur_jax's
-  SegNet, like the URL model, has no attention modules.
+  weights, not part of the network: ignored).
+
+* **MTAN's attention SegNet** (``lorenmt/mtan``, ``im2im_pred/model_segnet_mtan.py``):
+  recognised by its ``encoder_att`` / ``decoder_att`` tensors and converted to
+  :class:`ur_jax.models.mtan.MTANSegNet` (the dense model ``'mtan'`` in the saved spec,
+  same ``--arch segnet``). Tensor names::
+
+      encoder_block.<i>..., conv_block_enc..., decoder_block..., conv_block_dec...   (as above)
+      encoder_att.<t>.<j>.{0: 1x1 Conv2d, 1: BN, 3: 1x1 Conv2d, 4: BN}.*   task t, level j
+      decoder_att.<t>.<j>.{0,1,3,4}.*
+      encoder_block_att.<j>.{0,1}.*,  decoder_block_att.<j>.{0,1}.*          (shared)
+      pred_task1, pred_task2, ... .{0: 3x3 Conv2d, 1: 1x1 Conv2d}.*         (task t = k - 1)
+      logsigma                                                               (ignored)
+
+  ``encoder_att.<t>`` / ``decoder_att.<t>`` belong to the head ``pred_task<t + 1>``; they
+  become ``heads/<task>/encoder_att_<j>/{conv0, bn0, conv1, bn1}`` (and ``decoder_att_<j>``),
+  the shared blocks ``encoder_block_att_<j>`` / ``decoder_block_att_<j>`` (see
+  :mod:`ur_jax.models.mtan`). The attention modules must sit at the top level, beside
+  ``encoder_block``: a DensePred (``backbone.``) checkpoint with attention tensors is refused.
+  The attention layers (1x1 convs, BatchNorm, sigmoid, 2x2 max-pooling and bilinear x2
+  upsampling with ``align_corners=True``) compute what MTAN's do; ``'bottleneck'`` and
+  ``'decoder'`` are the shared network's (MTAN's ``g_maxpool[-1]`` and ``g_decoder[-1][-1]``).
 
 Task names come from the ``decoders.<task>`` keys when the checkpoint has them, otherwise
 from each head's output channels (1 -> ``depth``, 3 -> ``normal``, any other count ->
@@ -62,7 +83,7 @@ from ur_jax.convert.common import (
 )
 from ur_jax.models.resnet import scaled_width
 
-__all__ = ["MTAN_FILTERS", "convert", "infer_task_name", "torch_names"]
+__all__ = ["MTAN_FILTERS", "convert", "infer_task_name", "mtan_torch_names", "torch_names"]
 
 #: MTAN's SegNet channels per level at width 1.
 MTAN_FILTERS = (64, 128, 256, 512, 512)
@@ -70,6 +91,7 @@ MTAN_FILTERS = (64, 128, 256, 512, 512)
 #: Checkpoint tensors that are not part of the network, with the reason they are skipped.
 IGNORED = {"logsigma": "MTAN's uncertainty loss weights (a training variable, not a layer)"}
 
+_ATTENTION_MODULES = ("encoder_att", "decoder_att", "encoder_block_att", "decoder_block_att")
 _ATTENTION = re.compile(r"(^|\.)(encoder_att|decoder_att|encoder_block_att|decoder_block_att)"
                         r"(\.|$)")
 
@@ -118,13 +140,6 @@ def _names_option(value: Any, what: str) -> tuple[str, ...] | None:
 
 def _find_heads(sd: Mapping[str, np.ndarray]) -> tuple[str, list[tuple[str | None, str]]]:
     """``(backbone prefix, [(task name or None, head module path)])`` of a state dict."""
-    if any(_ATTENTION.search(k) for k in sd):
-        found = sorted({m.group(2) for k in sd if (m := _ATTENTION.search(k))})
-        raise ConversionError(
-            f"This checkpoint has MTAN attention modules ({', '.join(found)}): it is MTAN's "
-            f"attention SegNet (model_segnet_mtan.py), which ur_jax's SegNet does not "
-            f"implement. Convertible SegNets have no attention: the DensePred STL/URL models "
-            f"(VICO-UoE/UniversalRepresentations) or MTAN's single-task / split models.")
     if any(k.startswith("backbone.") for k in sd):
         prefix = "backbone."
     elif any(k.startswith("encoder_block.") for k in sd):
@@ -220,7 +235,8 @@ def _model_kwargs(channels: list[int], width: float | None) -> dict[str, Any]:
 
 def convert(state_dict: Mapping[str, np.ndarray], tasks: Any = None, width: Any = None,
             domains: Any = None, **unknown: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Converts a released SegNet state dict (DensePred STL / URL, or MTAN single / split).
+    """Converts a released SegNet state dict (DensePred STL / URL, MTAN single / split, or
+    MTAN's attention SegNet).
 
     Args:
       state_dict: PyTorch tensor names -> arrays (``module.`` prefixes already stripped, as
@@ -239,12 +255,15 @@ def convert(state_dict: Mapping[str, np.ndarray], tasks: Any = None, width: Any 
 
     Returns:
       ``(spec, variables)``: ``spec`` a :func:`ur_jax.checkpointing.dense_model_spec` for
-      the dense model ``'segnet'`` (``model_kwargs`` ``{'width': w}``, plus ``filters`` for
-      non-MTAN channel counts; ``tasks`` ``[[name, out_channels], ...]``); ``variables``
-      ``{'params', 'batch_stats'}`` float32 trees of :class:`ur_jax.models.segnet.SegNet`.
+      the dense model ``'segnet'``, or ``'mtan'`` for a checkpoint with attention modules
+      (``model_kwargs`` ``{'width': w}``, plus ``filters`` for non-MTAN channel counts;
+      ``tasks`` ``[[name, out_channels], ...]``); ``variables`` ``{'params',
+      'batch_stats'}`` float32 trees of :class:`ur_jax.models.segnet.SegNet` /
+      :class:`ur_jax.models.mtan.MTANSegNet`.
 
     Raises:
-      ConversionError: not a SegNet checkpoint, MTAN attention modules, ambiguous or
+      ConversionError: not a SegNet checkpoint, MTAN attention modules in another layout
+        than ``model_segnet_mtan.py``'s or not one branch per head, ambiguous or
         mis-counted task names, a bad ``width``, or tensors that do not fit (every missing,
         unused and mis-shaped tensor named).
     """
@@ -258,6 +277,7 @@ def convert(state_dict: Mapping[str, np.ndarray], tasks: Any = None, width: Any 
         raise ConversionError(f"tasks={names} and domains={alias} disagree; give one of them.")
     names = names if names is not None else alias
     prefix, heads = _find_heads(sd)
+    attention = _attention_branches(sd, prefix, heads)
     task_list = _task_names(sd, heads, names)
 
     channels = []
@@ -276,7 +296,8 @@ def convert(state_dict: Mapping[str, np.ndarray], tasks: Any = None, width: Any 
                               f"first conv {prefix}encoder_block.0.0.weight takes {in_channels} "
                               f"input channels.")
     kwargs = _model_kwargs(channels, width)
-    spec = checkpointing.dense_model_spec("segnet", kwargs, [(t, c) for t, _, c in task_list])
+    spec = checkpointing.dense_model_spec("segnet" if attention is None else "mtan", kwargs,
+                                          [(t, c) for t, _, c in task_list])
     model = checkpointing.model_from_spec(spec)
     side = 2 ** len(channels)
     shapes = target_shapes(model, jnp.zeros((1, side, side, in_channels), jnp.float32))
@@ -296,6 +317,87 @@ def convert(state_dict: Mapping[str, np.ndarray], tasks: Any = None, width: Any 
             layer: {"kernel": tm.take(f"{path}.{i}.weight", conv_kernel),
                     "bias": tm.take(f"{path}.{i}.bias")}
             for i, layer in enumerate(("conv3x3", "conv1x1"))}
+    if attention is not None:
+        _take_attention(tm, params, stats, task_list, attention, len(channels))
+    what = "SegNet checkpoint" if attention is None else "MTAN attention SegNet checkpoint"
     variables = assemble({"params": params, "batch_stats": stats}, shapes, tm,
-                         what="SegNet checkpoint", ignore_unused=lambda n: n in IGNORED)
+                         what=what, ignore_unused=lambda n: n in IGNORED)
     return spec, variables
+
+
+def mtan_torch_names(levels: int = 5) -> dict[str, str]:
+    """ur_jax name -> PyTorch module path of MTAN's shared attention convs and of one task's
+    attention layers (``<t>`` stands for the task index), for ``levels`` levels: e.g.
+    ``'encoder_block_att_2/conv' -> 'encoder_block_att.2.0'``,
+    ``'decoder_att_3/bn1' -> 'decoder_att.<t>.3.4'``."""
+    out = {}
+    for j in range(levels):
+        for side in ("encoder", "decoder"):
+            out[f"{side}_block_att_{j}/conv"] = f"{side}_block_att.{j}.0"
+            out[f"{side}_block_att_{j}/bn"] = f"{side}_block_att.{j}.1"
+            for ours, theirs in (("conv0", 0), ("bn0", 1), ("conv1", 3), ("bn1", 4)):
+                out[f"{side}_att_{j}/{ours}"] = f"{side}_att.<t>.{j}.{theirs}"
+    return out
+
+
+def _attention_branches(sd: Mapping[str, np.ndarray], prefix: str,
+                        heads: list[tuple[str | None, str]]) -> dict[str, int] | None:
+    """``None`` for a SegNet without attention; for MTAN's attention SegNet, the index of
+    each head's attention branch (``encoder_att.<t>``), by head path. Refuses attention
+    tensors in a layout other than ``model_segnet_mtan.py``'s."""
+    found = sorted({m.group(2) for k in sd if (m := _ATTENTION.search(k))})
+    if not found:
+        return None
+    layout = ("MTAN's model_segnet_mtan.py keeps its shared network and attention modules at "
+              "the top level ('encoder_block.0.0.weight', 'encoder_att.0.0.0.weight', "
+              "'encoder_block_att.0.0.weight') with heads 'pred_task1', 'pred_task2', ...")
+    misplaced = sorted(k for k in sd if _ATTENTION.search(k)
+                       and k.split(".", 1)[0] not in _ATTENTION_MODULES)
+    if prefix or misplaced:
+        raise ConversionError(
+            f"This checkpoint has MTAN attention modules ({', '.join(found)}) in a layout "
+            f"ur_jax does not read"
+            + (f" (a DensePred '{prefix}' network)" if prefix else "")
+            + (f" (e.g. {', '.join(misplaced[:4])})" if misplaced else "")
+            + f": {layout}.")
+    other = [path for _, path in heads if not re.fullmatch(r"pred_task\d*", path)]
+    if other:
+        raise ConversionError(f"This MTAN attention SegNet has heads {other}; {layout}.")
+    branches = sorted({int(m.group(2)) for k in sd
+                       if (m := re.match(r"^(encoder_att|decoder_att)\.(\d+)\.", k))})
+    if branches != list(range(len(heads))):
+        raise ConversionError(
+            f"This MTAN attention SegNet has attention branches {branches} "
+            f"(encoder_att.<t> / decoder_att.<t>) but {len(heads)} heads ("
+            + ", ".join(path for _, path in heads)
+            + "); it needs one branch per head, numbered 0.. in the heads' order.")
+    return {path: t for t, (_, path) in enumerate(heads)}
+
+
+def _take_attention(tm: TensorMap, params: dict[str, Any], stats: dict[str, Any],
+                    task_list: list[tuple[str, str, int]], attention: dict[str, int],
+                    levels: int) -> None:
+    """Fills the shared attention convs and each task's attention layers (in ``heads``)."""
+    stats["heads"] = {}
+
+    def put(tree_p: dict[str, Any], tree_s: dict[str, Any], ours: str, theirs: str) -> None:
+        module, layer = ours.split("/")
+        if layer.startswith("bn"):
+            bn_params, bn_stats = tm.batch_norm(theirs)
+            tree_p.setdefault(module, {})[layer] = bn_params
+            tree_s.setdefault(module, {})[layer] = bn_stats
+        else:
+            tree_p.setdefault(module, {})[layer] = {"kernel": tm.conv(theirs),
+                                                    "bias": tm.take(f"{theirs}.bias")}
+
+    names = mtan_torch_names(levels)
+    for ours, theirs in names.items():
+        if "<t>" not in theirs:
+            put(params, stats, ours, theirs)
+    for task, path, _ in task_list:
+        t = attention[path]
+        stats["heads"][task] = {}
+        for ours, theirs in names.items():
+            if "<t>" in theirs:
+                put(params["heads"][task], stats["heads"][task], ours,
+                    theirs.replace("<t>", str(t)))

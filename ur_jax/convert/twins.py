@@ -19,6 +19,9 @@ weights (``benchmarks/vs_pytorch.py``). Needs PyTorch, like the converter; nothi
   :class:`SegNetHead` (``pred_task``) per task, as :class:`SingleTaskSegNet` (an STL
   teacher, ``decoder``) or :class:`MultiTaskSegNet` (the URL / MTL model, ``decoders``).
   :func:`randomize_segnet` fills one.
+* **MTAN's attention SegNet** (lorenmt/mtan ``model_segnet_mtan.py``): :class:`MTANTwin`,
+  the same shared SegNet at the top level with per-task attention modules and
+  ``pred_task<k>`` heads; :func:`randomize_segnet` fills it too.
 
 Every ``randomize*`` / builder sets random weights and non-trivial BatchNorm statistics
 and returns the network in eval mode.
@@ -43,6 +46,7 @@ __all__ = [
     "ConvAd",
     "ConvTask",
     "DomainBN",
+    "MTANTwin",
     "MultiTaskSegNet",
     "RebuffiBlock",
     "RebuffiResNet26",
@@ -506,6 +510,108 @@ class MultiTaskSegNet(nn.Module):
         feats = self.backbone(x)
         raw = {t: d(feats[-1]) for t, d in self.decoders.items()}
         return {t: SEGNET_OUTPUTS[t](y) for t, y in raw.items()}, raw, feats
+
+
+class MTANTwin(nn.Module):
+    """MTAN's attention SegNet (lorenmt/mtan ``im2im_pred/model_segnet_mtan.py``) with its
+    module names, for any tasks and filters.
+
+    Modules: the shared SegNet at the top level (``encoder_block``, ``conv_block_enc``,
+    ``decoder_block``, ``conv_block_dec``: :class:`SegNetBackbone`'s layout without the
+    ``backbone.`` prefix), per-task attention ``encoder_att.<t>.<j>`` / ``decoder_att.<t>.<j>``
+    (``Sequential(1x1 conv, BN, ReLU, 1x1 conv, BN, Sigmoid)``), the shared attention convs
+    ``encoder_block_att.<j>`` / ``decoder_block_att.<j>`` (:func:`segnet_conv_layer`), heads
+    ``pred_task1 .. pred_task<T>`` and ``logsigma`` (the uncertainty loss weights), so the
+    state dict has the released checkpoint's names. ``decoder_block_att.<L-1>`` maps
+    ``f[L-1] -> f[L-2]`` (MTAN's ``512 -> 512`` at its filters, where ``f[3] = f[4]``).
+
+    ``forward(x)`` -> ``(outputs, raw head outputs, [bottleneck, shared decoder output])``,
+    dicts keyed by task name; outputs as MTAN's: ``log_softmax`` for ``semantic``, the norm
+    division (no eps) for ``normal``, raw otherwise. :attr:`masks` holds the last forward's
+    attention masks ``{(task, 'encoder' | 'decoder', level): tensor}``.
+    """
+
+    def __init__(self, tasks: Sequence[tuple[str, int]], f: Sequence[int] = SEGNET_FILTERS):
+        super().__init__()
+        f, n = list(f), len(f)
+        self.tasks = [t for t, _ in tasks]
+        self.encoder_block = nn.ModuleList(
+            [segnet_conv_layer(3 if i == 0 else f[i - 1], f[i]) for i in range(n)])
+        self.decoder_block = nn.ModuleList(
+            [segnet_conv_layer(f[i], f[max(i - 1, 0)]) for i in range(n)])
+        enc, dec = [], []
+        for i in range(n):
+            c = f[max(i - 1, 0)]
+            if i < 2:
+                enc.append(segnet_conv_layer(f[i], f[i]))
+                dec.append(segnet_conv_layer(c, c))
+            else:
+                enc.append(nn.Sequential(segnet_conv_layer(f[i], f[i]),
+                                         segnet_conv_layer(f[i], f[i])))
+                dec.append(nn.Sequential(segnet_conv_layer(c, c), segnet_conv_layer(c, c)))
+        self.conv_block_enc, self.conv_block_dec = nn.ModuleList(enc), nn.ModuleList(dec)
+
+        def att(cin: int, c: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, c, 1), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                                 nn.Conv2d(c, c, 1), nn.BatchNorm2d(c), nn.Sigmoid())
+
+        self.encoder_att = nn.ModuleList([nn.ModuleList(
+            [att(f[j] if j == 0 else 2 * f[j], f[j]) for j in range(n)]) for _ in tasks])
+        self.decoder_att = nn.ModuleList([nn.ModuleList(
+            [att(f[j] + f[max(j - 1, 0)], f[max(j - 1, 0)]) for j in range(n)])
+            for _ in tasks])
+        self.encoder_block_att = nn.ModuleList(
+            [segnet_conv_layer(f[j], f[min(j + 1, n - 1)]) for j in range(n)])
+        self.decoder_block_att = nn.ModuleList(
+            [segnet_conv_layer(f[j], f[max(j - 1, 0)]) for j in range(n)])
+        for k, (_, out) in enumerate(tasks, start=1):
+            setattr(self, f"pred_task{k}",
+                    nn.Sequential(nn.Conv2d(f[0], f[0], 3, padding=1), nn.Conv2d(f[0], out, 1)))
+        self.logsigma = nn.Parameter(torch.full((len(tasks),), -0.5))
+        self.down = nn.MaxPool2d(2, 2, return_indices=True)
+        self.up = nn.MaxUnpool2d(2, 2)
+        self.masks: dict[tuple[str, str, int], torch.Tensor] = {}
+
+    def forward(self, x):
+        n = len(self.encoder_block)
+        first, last, unpooled, dec_out, indices = [], [], [None] * n, [None] * n, []
+        for i in range(n):  # the shared network
+            x = self.encoder_block[i](x)
+            first.append(x)
+            x = self.conv_block_enc[i](x)
+            last.append(x)
+            x, idx = self.down(x)
+            indices.append(idx)
+        bottleneck = x
+        for i in reversed(range(n)):
+            x = self.up(x, indices[i])
+            unpooled[i] = x
+            x = self.conv_block_dec[i](self.decoder_block[i](x))
+            dec_out[i] = x
+        raw = {}
+        for t, name in enumerate(self.tasks):  # MTAN's order: task by task
+            prev = None
+            for j in range(n):
+                inp = first[j] if j == 0 else torch.cat((first[j], prev), dim=1)
+                mask = self.encoder_att[t][j](inp)
+                self.masks[(name, "encoder", j)] = mask
+                prev = F.max_pool2d(self.encoder_block_att[j](mask * last[j]), 2, 2)
+            for j in reversed(range(n)):
+                y = F.interpolate(prev, scale_factor=2, mode="bilinear", align_corners=True)
+                y = self.decoder_block_att[j](y)
+                mask = self.decoder_att[t][j](torch.cat((unpooled[j], y), dim=1))
+                self.masks[(name, "decoder", j)] = mask
+                prev = mask * dec_out[j]
+            raw[name] = getattr(self, f"pred_task{t + 1}")(prev)
+        outs = {}
+        for name, y in raw.items():
+            if name == "semantic":
+                outs[name] = F.log_softmax(y, dim=1)
+            elif name == "normal":
+                outs[name] = y / torch.norm(y, p=2, dim=1, keepdim=True)
+            else:
+                outs[name] = y
+        return outs, raw, [bottleneck, x]
 
 
 def randomize_segnet(model: nn.Module, seed: int) -> nn.Module:

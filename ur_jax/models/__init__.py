@@ -15,7 +15,9 @@ from typing import Any
 import flax.linen as nn
 
 from ur_jax.models.conv import Conv, conv_general_dilated
+from ur_jax.models.cross_stitch import CrossStitchSegNet
 from ur_jax.models.heads import Heads, MultiHeadClassifier
+from ur_jax.models.mtan import MTANSegNet
 from ur_jax.models.resnet import (
     BasicBlock,
     Bottleneck,
@@ -66,6 +68,8 @@ def get_backbone(name: str, **kwargs: Any) -> nn.Module:
 _DENSE_MODELS: dict[str, Callable[..., nn.Module]] = {
     "segnet": SegNet,
     "deeplabv3_resnet50": DeepLabV3ResNet50,
+    "mtan": MTANSegNet,
+    "cross_stitch": CrossStitchSegNet,
 }
 
 
@@ -86,6 +90,8 @@ def get_dense_model(name: str, **kwargs: Any) -> nn.Module:
 
 __all__ = ["AdapterBlock", "PerDomain", "ResNet26", "from_single_domain", "BasicBlock", "Bottleneck",
            "Conv", "DeepLabV3ResNet50", "Heads", "MultiHeadClassifier", "conv_general_dilated",
+           "MTANSegNet",
+           "CrossStitchSegNet",
            "ResNet", "ResNet18", "ResNet18MetaDataset", "ResNet34", "ResNet50", "SegNet",
            "backbone_names", "dense_model_names", "get_backbone", "get_dense_model",
            "max_pool_with_indices", "max_unpool", "register_backbone"]

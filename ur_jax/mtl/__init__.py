@@ -1,15 +1,18 @@
-"""Multi-task optimisation baselines as pure, jit-compatible JAX functions.
+"""Multi-task optimisation methods as pure, jit-compatible JAX functions.
 
-These are the multi-task learning (MTL) baselines the URL paper (Li, Liu & Bilen, IJCV 2023,
-Table 1) compares with on NYU-v2 / Cityscapes. Each baseline is an :class:`MTLMethod` obtained
-with :func:`get_method`. Given the ``T`` per-task losses of a step (``losses: (T,) float32``)
-a method produces one update, in one of two ways:
+The multi-task learning (MTL) baselines the URL paper (Li, Liu & Bilen, IJCV 2023, Table 1)
+compares with on NYU-v2 / Cityscapes, and every other weighting method of LibMTL (Lin &
+Zhang, JMLR 2023): 25 methods, each inside ur_jax's one jitted data-parallel step. Each is an
+:class:`MTLMethod` obtained with :func:`get_method`. Given the ``T`` per-task losses of a step
+(``losses: (T,) float32``) a method produces one update, in one of two ways:
 
-* **loss weighting** (``uses_gradients=False``: uniform, uncertainty, dwa, imtl_l):
+* **loss weighting** (``uses_gradients=False``: uniform, uncertainty, dwa, imtl_l, gls, rlw,
+  stch, famo):
   :meth:`MTLMethod.loss` returns a scalar total loss that the step differentiates with respect
   to the model parameters *and* the method's own trainable parameters.
 * **gradient manipulation** (``uses_gradients=True``: gradnorm, mgda, pcgrad, graddrop,
-  imtl_g, imtl_h, cagrad): the step computes the per-task gradients of the shared parameters
+  imtl_g, imtl_h, cagrad, db_mtl, gradvac, aligned_mtl, upgrad, excess_mtl, nash_mtl,
+  fairgrad, moco, modo, sdmgrad): the step computes the per-task gradients of the shared parameters
   flattened into ``grads: (T, D)``; :meth:`MTLMethod.combine` returns the combined gradient
   ``(D,)`` to use in their place, the gradients of the method's own parameters, and ``(T,)``
   effective task weights for logging. With ``method.space == "features"`` the step passes
@@ -21,14 +24,19 @@ a method produces one update, in one of two ways:
 Protocol of one training step (``mparams``/``mstate`` are the method's params and state)::
 
     method = get_method("pcgrad")
-    mparams, mstate = method.init_params(T), method.init_state(T)   # once
+    mparams = method.init_params(T)                                  # once
+    mstate = method.init_state(T, grad_dim=D)                        # D: a gradient row's length
+    rng = jax.random.fold_in(key, step)                              # randomised methods
     if method.uses_gradients:
         combined, mparam_grads, weights = method.combine(grads, losses, mparams, mstate, rng)
     else:
-        total, weights = method.loss(losses, mparams, mstate)         # inside jax.grad
-    mstate = method.update_state(mstate, losses)                      # after the update
+        total, weights = method.loss(losses, mparams, mstate, rng)    # inside jax.grad
+    mstate = method.update_state(mstate, losses, grads)               # after the update
 
-``loss``/``combine`` read the state *before* the step; ``update_state`` then records the step.
+``loss``/``combine`` read the state *before* the step; ``update_state`` then records the step
+(gradient methods get the same ``grads`` there; loss methods ``grads=None``). Methods whose
+state follows the gradients (DB-MTL, ExcessMTL, MoCo, MoDo, SDMGrad: ``(T, D)`` arrays) need
+``grad_dim``; :func:`ur_jax.dense_steps.init_mtl_state` passes it.
 Method parameters are trained by the model's optimiser with the gradients returned here.
 Every function is pure and jit-compatible (static shapes, bounded loops, no Python control flow
 on traced values) and works for any ``T >= 2``. Method objects are frozen, hashable dataclasses,
@@ -58,11 +66,16 @@ Layout (``ur_jax/mtl/``)::
     weighting.py  loss weighting (uses_gradients=False): Uniform, Uncertainty, DWA, IMTLL
     gradient.py   gradient combination (uses_gradients=True): GradNorm, MGDA, PCGrad,
                   GradDrop, IMTLG, IMTLH, CAGrad
+    scalarization.py  LibMTL's loss transforms: GLS, RLW, STCH, FAMO (loss weighting),
+                  DB-MTL (log-loss gradients, magnitude-balanced moving averages)
+    alignment.py  LibMTL's gradient alignment / projection: GradVac, Aligned-MTL, UPGrad,
+                  ExcessMTL
+    moo.py        LibMTL's multi-objective solvers: Nash-MTL, FairGrad, MoCo, MoDo, SDMGrad
     registry.py   the one registry: METHOD_CLASSES (read-only name -> class), METHODS,
                   get_method, method_options
 
-Imports point one way (base <- solvers, weighting <- gradient <- registry <- this package's
-``__init__``); ``__init__`` re-exports the public API (``from ur_jax import mtl`` then
+Imports point one way (base <- solvers, weighting <- gradient, scalarization, alignment,
+moo <- registry <- this package's ``__init__``); ``__init__`` re-exports the public API (``from ur_jax import mtl`` then
 ``mtl.get_method``, ``mtl.METHODS``, ``mtl.MTLMethod``, ``mtl.min_norm_weights``, ...).
 
 To add a method: write one frozen, keyword-only dataclass subclassing :class:`MTLMethod`
@@ -71,7 +84,8 @@ the options as fields validated in ``__post_init__``; implement :meth:`MTLMethod
 loss weighting or :meth:`MTLMethod.combine` for gradient combination, and ``init_params`` /
 ``init_state`` / ``update_state`` if it has parameters or state) in ``weighting.py``,
 ``gradient.py`` or a new module of its own, with any new solver as a pure function in
-``solvers.py``; then register it with one entry in ``registry.METHOD_CLASSES``. Its options
+``solvers.py`` or beside it; then register it with one entry in ``registry.METHOD_CLASSES``
+(or the ``CLASSES`` dict of its module, which the registry merges). Its options
 become :func:`get_method`'s keyword arguments. ``ur_jax.config.blocks.MTL_METHODS`` lists the
 names again (so that loading a config does not import JAX): add the name there too.
 """

@@ -9,7 +9,8 @@ it; users need only :class:`MTLMethod`, re-exported as ``ur_jax.mtl.MTLMethod``)
 * :data:`SPACES` and the type aliases ``ArrayLike``, ``Params``, ``State``;
 * input checks that turn user arrays into float32 arrays of the expected shape or raise a
   ValueError / TypeError saying what was expected (:func:`check_num_tasks`,
-  :func:`as_losses`, :func:`as_grads`, :func:`as_gram`, :func:`check_rng`);
+  :func:`as_losses`, :func:`as_grads`, :func:`as_gram`, :func:`check_rng`,
+  :func:`check_grad_dim`);
 * validators of options that several methods share (:func:`check_sum_scale`,
   :func:`check_iterations`) and the weighted combination of task gradients
   (:func:`weighted_sum`, :func:`finish_combination`).
@@ -36,6 +37,7 @@ __all__ = [
     "as_losses",
     "check_iterations",
     "check_num_tasks",
+    "check_grad_dim",
     "check_rng",
     "check_sum_scale",
     "finish_combination",
@@ -116,6 +118,21 @@ def as_gram(gram: ArrayLike) -> jax.Array:
     return gram
 
 
+def check_grad_dim(grad_dim: Any, name: str) -> int:
+    """Return ``grad_dim`` (``D`` of the ``(T, D)`` gradients) for method ``name``'s
+    ``init_state``.
+
+    Raises:
+      ValueError: if ``grad_dim`` is None or not an int >= 1.
+    """
+    if isinstance(grad_dim, bool) or not isinstance(grad_dim, (int, np.integer)) or grad_dim < 1:
+        raise ValueError(f"method {name!r} keeps (T, D) state that follows the task gradients: "
+                         f"call init_state(T, grad_dim=D) with D the length of one task's "
+                         f"gradient row (ur_jax.dense_steps.init_mtl_state does), got "
+                         f"grad_dim={grad_dim!r}.")
+    return int(grad_dim)
+
+
 def check_rng(rng: Any, name: str) -> jax.Array:
     """Return the PRNG key ``rng`` of the randomised method ``name`` (unchanged).
 
@@ -123,8 +140,8 @@ def check_rng(rng: Any, name: str) -> jax.Array:
       ValueError: if ``rng`` is None.
     """
     if rng is None:
-        raise ValueError(f"method {name!r} is randomised: pass a PRNG key as rng to combine() "
-                         "(e.g. jax.random.fold_in(key, step)).")
+        raise ValueError(f"method {name!r} is randomised: pass a PRNG key as rng to combine() / "
+                         "loss() (e.g. jax.random.fold_in(key, step)).")
     return rng
 
 
@@ -214,21 +231,35 @@ class MTLMethod:
         check_num_tasks(num_tasks, self.min_tasks)
         return {}
 
-    def init_state(self, num_tasks: int) -> State:
-        """Non-trainable state (arrays only): ``{"step": int32 scalar}`` plus method extras."""
+    def init_state(self, num_tasks: int, grad_dim: int | None = None) -> State:
+        """Non-trainable state (arrays only): ``{"step": int32 scalar}`` plus method extras.
+
+        ``grad_dim`` is ``D``, the length of the per-task gradient rows the step will pass
+        (:func:`ur_jax.dense_steps.init_mtl_state` supplies it); methods whose state follows
+        the gradients (``(T, D)`` moving averages) need it for static shapes and raise a
+        ValueError without it (:func:`check_grad_dim`); the others ignore it."""
         check_num_tasks(num_tasks, self.min_tasks)
         return {"step": jnp.zeros((), jnp.int32)}
 
-    def update_state(self, state: State, losses: ArrayLike) -> State:
-        """State after a step that saw ``losses: (T,)`` (here: ``step + 1``)."""
+    def update_state(self, state: State, losses: ArrayLike, grads: ArrayLike | None = None
+                     ) -> State:
+        """State after a step that saw ``losses: (T,)`` (here: ``step + 1``).
+
+        Gradient methods also receive the ``(T, D)`` per-task gradients the step passed to
+        :meth:`combine` (for :meth:`combine_features`: the ``(T, B*D)`` flattened feature
+        gradients), for state that follows the gradients (moving averages, trackers);
+        recomputing a quantity :meth:`combine` also computed costs nothing inside one jitted
+        step (XLA merges the two)."""
         as_losses(losses, self.min_tasks)
         return {**state, "step": state["step"] + 1}
 
     # -- the update ---------------------------------------------------------------------------
-    def loss(self, losses: ArrayLike, params: Params, state: State
-             ) -> tuple[jax.Array, jax.Array]:
+    def loss(self, losses: ArrayLike, params: Params, state: State,
+             rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """Scalar total loss (differentiable w.r.t. ``losses`` and ``params``) and ``(T,)``
-        stop-gradient task weights. Only for ``uses_gradients=False`` methods."""
+        stop-gradient task weights. Only for ``uses_gradients=False`` methods. ``rng`` is
+        the step's PRNG key (randomised methods such as RLW draw from it; the others ignore
+        it)."""
         raise ValueError(f"method {self.name!r} combines per-task gradients: call "
                          "combine(grads, losses, params, state, rng) instead of loss(); "
                          "log sum(losses) as the total.")
@@ -243,7 +274,7 @@ class MTLMethod:
         """
         losses = as_losses(losses)
         grads = as_grads(grads, losses.shape[0])
-        dl, dparams = jax.grad(lambda l, p: self.loss(l, p, state)[0], argnums=(0, 1))(
+        dl, dparams = jax.grad(lambda l, p: self.loss(l, p, state, rng)[0], argnums=(0, 1))(
             losses, params)
         return weighted_sum(dl, grads), dparams, dl
 

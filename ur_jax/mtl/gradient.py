@@ -61,7 +61,7 @@ class GradNorm(MTLMethod):
         """``{"logits": zeros(T)}``."""
         return {"logits": jnp.zeros((check_num_tasks(num_tasks),), jnp.float32)}
 
-    def init_state(self, num_tasks: int) -> State:
+    def init_state(self, num_tasks: int, grad_dim: int | None = None) -> State:
         """Step counter and the first step's losses ``initial_losses: (T,)``."""
         t = check_num_tasks(num_tasks)
         return {"step": jnp.zeros((), jnp.int32),
@@ -71,7 +71,8 @@ class GradNorm(MTLMethod):
         """``L(0)``: the stored first-step losses, or ``losses`` before the first update."""
         return jnp.where(state["step"] == 0, losses, state["initial_losses"])
 
-    def update_state(self, state: State, losses: ArrayLike) -> State:
+    def update_state(self, state: State, losses: ArrayLike, grads: ArrayLike | None = None
+                     ) -> State:
         """Increment the step; store ``losses`` as ``L(0)`` at the first step."""
         losses = jax.lax.stop_gradient(as_losses(losses))
         return {"step": state["step"] + 1, "initial_losses": self.initial_losses(state, losses)}

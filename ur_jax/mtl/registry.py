@@ -14,6 +14,7 @@ import types
 from collections.abc import Mapping
 from typing import Any
 
+from ur_jax.mtl import alignment, moo, scalarization
 from ur_jax.mtl.base import MTLMethod
 from ur_jax.mtl.gradient import MGDA, CAGrad, GradDrop, GradNorm, IMTLG, IMTLH, PCGrad
 from ur_jax.mtl.weighting import DWA, IMTLL, Uncertainty, Uniform
@@ -25,6 +26,8 @@ METHOD_CLASSES: Mapping[str, type[MTLMethod]] = types.MappingProxyType({
     "uniform": Uniform, "uncertainty": Uncertainty, "dwa": DWA, "gradnorm": GradNorm,
     "mgda": MGDA, "pcgrad": PCGrad, "graddrop": GradDrop, "imtl_l": IMTLL, "imtl_g": IMTLG,
     "imtl_h": IMTLH, "cagrad": CAGrad,
+    # The methods of LibMTL (Lin & Zhang, 2023) that the ones above do not cover.
+    **scalarization.CLASSES, **alignment.CLASSES, **moo.CLASSES,
 })
 
 #: The names :func:`get_method` accepts (in canonical form: lower case, ``_``).

@@ -37,8 +37,8 @@ class Uniform(MTLMethod):
         """Uniform weighting is defined for any number of tasks."""
         return 1
 
-    def loss(self, losses: ArrayLike, params: Params, state: State
-             ) -> tuple[jax.Array, jax.Array]:
+    def loss(self, losses: ArrayLike, params: Params, state: State,
+             rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """``sum_t L_t`` and weights ``ones(T)``."""
         losses = as_losses(losses, minimum=1)
         return jnp.sum(losses), jnp.ones_like(losses)
@@ -59,8 +59,8 @@ class Uncertainty(MTLMethod):
         """``{"log_vars": zeros(T)}``."""
         return {"log_vars": jnp.zeros((check_num_tasks(num_tasks),), jnp.float32)}
 
-    def loss(self, losses: ArrayLike, params: Params, state: State
-             ) -> tuple[jax.Array, jax.Array]:
+    def loss(self, losses: ArrayLike, params: Params, state: State,
+             rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """Uncertainty-weighted total and weights ``1 / (2 exp(s))``."""
         losses = as_losses(losses)
         s = jnp.asarray(params["log_vars"], jnp.float32)
@@ -99,7 +99,7 @@ class DWA(MTLMethod):
             raise ValueError(f"dwa temperature must be > 0, got {self.temperature!r}.")
         object.__setattr__(self, "temperature", float(self.temperature))
 
-    def init_state(self, num_tasks: int) -> State:
+    def init_state(self, num_tasks: int, grad_dim: int | None = None) -> State:
         """Step counter, completed-epoch count, current epoch's loss sums and the two previous
         epochs' mean losses (``last``: e-1, ``before_last``: e-2)."""
         t = check_num_tasks(num_tasks)
@@ -117,14 +117,15 @@ class DWA(MTLMethod):
         dwa = t * jax.nn.softmax(ratio / self.temperature)
         return jnp.where(state["epoch"] >= 2, dwa, jnp.ones_like(dwa))
 
-    def loss(self, losses: ArrayLike, params: Params, state: State
-             ) -> tuple[jax.Array, jax.Array]:
+    def loss(self, losses: ArrayLike, params: Params, state: State,
+             rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """``sum_t w_t L_t`` with the epoch's DWA weights (constants)."""
         losses = as_losses(losses)
         w = jax.lax.stop_gradient(self.weights(state))
         return jnp.sum(w * losses), w
 
-    def update_state(self, state: State, losses: ArrayLike) -> State:
+    def update_state(self, state: State, losses: ArrayLike, grads: ArrayLike | None = None
+                     ) -> State:
         """Add ``losses`` to the epoch sums; at an epoch end store the mean and roll."""
         losses = jax.lax.stop_gradient(as_losses(losses))
         step = state["step"] + 1
@@ -154,8 +155,8 @@ class IMTLL(MTLMethod):
         """``{"log_scales": zeros(T)}``."""
         return {"log_scales": jnp.zeros((check_num_tasks(num_tasks),), jnp.float32)}
 
-    def loss(self, losses: ArrayLike, params: Params, state: State
-             ) -> tuple[jax.Array, jax.Array]:
+    def loss(self, losses: ArrayLike, params: Params, state: State,
+             rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """``sum_t exp(s_t) L_t - s_t`` and weights ``exp(s)``."""
         losses = as_losses(losses)
         s = jnp.asarray(params["log_scales"], jnp.float32)

@@ -108,8 +108,10 @@ def train_mtl_model(ctx: RunContext, name: str, stage_config, model, tasks,
     variables = init_model(ctx, model, ctx.seed(*seed_path), data.image_shape)
     parameter_overview.log_parameter_overview(variables["params"], msg=f"[{name}] parameters")
     spe = steps_per_epoch(data, stage_config.batch_size)
+    grad_dim = (dense_steps.gradient_dim(model, variables, space, int(stage_config.batch_size),
+                                         data.image_shape) if method.uses_gradients else None)
     state = dense_steps.init_mtl_state(variables, method, len(tasks),
-                                       stage_adam(ctx, stage_config, spe))
+                                       stage_adam(ctx, stage_config, spe), grad_dim=grad_dim)
     state = sharding.replicate(state, ctx.mesh)
     tasks, seed = tuple(tasks), ctx.seed(*seed_path, 2)
     step_fn = ctx.cache.get(
@@ -147,11 +149,11 @@ def stl(ctx: RunContext) -> dict[str, tuple[Any, dict]]:
 
 
 def mtl_method(config, data) -> mtl.MTLMethod:
-    """The :mod:`ur_jax.mtl` method of ``config.mtl`` with its options (DWA gets the
-    steps per epoch)."""
+    """The :mod:`ur_jax.mtl` method of ``config.mtl`` with its options (methods with a
+    ``steps_per_epoch`` option, e.g. DWA, get the stage's unless the config sets it)."""
     m = config.mtl
     options = dict(m.options.to_dict() if hasattr(m.options, "to_dict") else m.options)
-    if m.method == "dwa":
+    if "steps_per_epoch" in mtl.method_options(m.method):
         options.setdefault("steps_per_epoch", steps_per_epoch(data, m.batch_size))
     return mtl.get_method(m.method, **options)
 
