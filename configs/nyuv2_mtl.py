@@ -38,7 +38,10 @@ where gradient methods combine the task gradients. bam takes no options.
 Architectures (--config.model.name): segnet (default, shared SegNet + one head per task),
 mtan (MTAN's attention SegNet, Liu et al. 2019: per-task attention over the shared SegNet;
 parameter-space methods only) or cross_stitch (one SegNet column per task joined by
-cross-stitch units, Misra et al. 2016; parameter-space methods only).
+cross-stitch units, Misra et al. 2016; parameter-space methods only). With both, the stl
+teachers stay single-task SegNets of the same width and filters, as in those papers (so
+teachers trained by nyuv2_stl.py load); --config.teachers.model=mtan makes them single-task
+MTANs instead.
 
 Expected (PAPER.md §1, Table 1; mIoU %, depth abs err, normal mean angle, Delta_MTL %):
 uniform 40.22 / 0.5196 / 29.09 / -1.13, uncertainty 37.35 / 0.5014 / 26.74 / +0.72,

@@ -175,6 +175,26 @@ def _loss_metrics(tasks: Sequence[str], task_loss: Array, weights: Array) -> Met
     return out
 
 
+def gradient_space(method: mtl.MTLMethod, space: str | None = None) -> str:
+    """The gradient space a step uses for ``method``: ``space`` if given, else
+    ``method.space``.
+
+    Raises:
+      ValueError: an unknown space, or a space other than the one a method fixes (a
+        ``space`` field it does not take as an option: DB-MTL, MoCo, MoDo, SDMGrad keep
+        moving averages or previous-batch gradients that mean nothing for per-example
+        feature gradients).
+    """
+    chosen = space or method.space
+    if chosen not in ("params", "features"):
+        raise ValueError(f"Unknown gradient space {chosen!r}; expected 'params' or 'features'.")
+    fields = getattr(method, "__dataclass_fields__", {})
+    if chosen != method.space and "space" in fields and not fields["space"].init:
+        raise ValueError(f"Method {method.name!r} works on {method.space!r} gradients only; "
+                         f"got space={chosen!r} (e.g. --config.mtl.space={chosen}): drop it.")
+    return chosen
+
+
 def make_mtl_step(model, tasks: Sequence[str], method: mtl.MTLMethod, seed: int = 0,
                   space: str | None = None) -> Callable[[DenseState, Batch], tuple[DenseState, Metrics]]:
     """``step(state, batch) -> (state, metrics)``: one multi-task (or single-task) update.
@@ -194,9 +214,7 @@ def make_mtl_step(model, tasks: Sequence[str], method: mtl.MTLMethod, seed: int 
     (the effective task weights) and the method's ``objective`` for loss methods.
     """
     tasks = tuple(tasks)
-    space = space or method.space
-    if space not in ("params", "features"):
-        raise ValueError(f"Unknown gradient space {space!r}; expected 'params' or 'features'.")
+    space = gradient_space(method, space)
     num_tasks = len(tasks)
     eye = jnp.eye(num_tasks, dtype=jnp.float32)
     # Methods written before update_state took the per-task gradients keep working.

@@ -191,6 +191,16 @@ def test_step_applies_the_method_to_separately_computed_task_gradients(variables
                                    err_msg=f"{name} state {jax.tree_util.keystr(path)}")
 
 
+def test_a_method_that_fixes_its_space_refuses_another():
+    """DB-MTL, MoCo, MoDo and SDMGrad keep gradient-sized state that means nothing for
+    per-example feature gradients: a features override is refused, not silently run."""
+    for name in ("db_mtl", "moco", "modo", "sdmgrad"):
+        with pytest.raises(ValueError, match="works on 'params' gradients only"):
+            dense_steps.make_mtl_step(MODEL, TASKS, mtl.get_method(name), space="features")
+    assert dense_steps.gradient_space(mtl.get_method("pcgrad"), "features") == "features"
+    assert dense_steps.gradient_space(mtl.get_method("graddrop")) == "features"
+
+
 def test_feature_space_graddrop_uses_one_mask_per_feature_for_the_batch(variables):
     """GradDrop in the step: the per-example gradients w.r.t. the shared decoder feature are
     sign-corrected by the feature, summed over the batch, and one mask per feature (from the

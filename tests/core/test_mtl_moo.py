@@ -62,8 +62,7 @@ def _random_grads(seed, steps, t=3, d=16):
 
 def test_registered_with_documented_options_and_hashable():
     expected = {
-        "nash_mtl": ("space", "max_norm", "update_weights_every", "iterations",
-                     "normalize_gram"),
+        "nash_mtl": ("space", "max_norm", "update_weights_every", "iterations"),
         "fairgrad": ("space", "alpha", "iterations", "max_norm"),
         "moco": ("beta", "beta_sigma", "gamma", "gamma_sigma", "rho", "lambda_update",
                  "grad_normalization", "sum_scale"),
@@ -93,7 +92,6 @@ def test_registered_with_documented_options_and_hashable():
     ("nash_mtl", {"max_norm": -1.0}, ValueError, "max_norm must be a finite number >= 0"),
     ("nash_mtl", {"update_weights_every": 0}, ValueError, "update_weights_every must be an int"),
     ("nash_mtl", {"iterations": -1}, ValueError, "iterations must be an int >= 0"),
-    ("nash_mtl", {"normalize_gram": "yes"}, TypeError, "normalize_gram must be True or False"),
     ("nash_mtl", {"space": "pixels"}, ValueError, "space must be one of"),
     ("fairgrad", {"alpha": 0.0}, ValueError, "alpha must be a finite number > 0"),
     ("fairgrad", {"alpha": float("inf")}, ValueError, "alpha must be a finite number > 0"),
@@ -146,26 +144,24 @@ def test_nash_mtl_bargaining_solution_on_two_orthogonal_gradients():
     g = np.zeros((2, 6), np.float32)
     g[0, 0], g[1, 3] = 3.0, 0.5                                     # |g| = 3, 0.5
     # Paper: G alpha = 1/alpha, G = diag(9, 0.25) -> alpha_i = 1/|g_i|.
-    raw = mtl.get_method("nash_mtl", normalize_gram=False, max_norm=0.0)
+    raw = mtl.get_method("nash_mtl", max_norm=0.0)
     (combined, w), = _run(raw, [g], [np.ones(2)])[0]
     np.testing.assert_allclose(w, [1 / 3, 2.0], rtol=1e-5)
     np.testing.assert_allclose(combined, w @ g, rtol=1e-6)
     # Every task gets g_i . d = 1 / alpha_i (here 3 and 0.5).
     np.testing.assert_allclose(g @ combined, [3.0, 0.5], rtol=1e-5)
-    # LibMTL / authors: solved on G / |G|_F -> |G|_F^(1/2) / |g_i|.
-    frob = np.sqrt(81 + 0.0625)
-    (_, w_lib), = _run(mtl.get_method("nash_mtl", max_norm=0.0), [g], [np.ones(2)])[0]
-    np.testing.assert_allclose(w_lib, np.sqrt(frob) * np.array([1 / 3, 2.0]), rtol=1e-5)
-    # Default max_norm=1: |sum alpha g| = sqrt(2 frob) > 1 is clipped to 1 (clip_grad_norm_).
-    (c1, w1), = _run(mtl.get_method("nash_mtl"), [g], [np.ones(2)])[0]
-    coef = 1.0 / (np.sqrt(2 * frob) + 1e-6)
-    np.testing.assert_allclose(np.linalg.norm(c1), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(w1, coef * w_lib, rtol=1e-5)
+    # Default max_norm=1 (LibMTL: the raw alpha, then clip_grad_norm_): |sum alpha g| =
+    # sqrt(T) = sqrt(2) > 1 is clipped to 1, whatever the gradients' scale.
+    for scale in (1.0, 1e-3, 1e3):
+        (c1, w1), = _run(mtl.get_method("nash_mtl"), [g * scale], [np.ones(2)])[0]
+        coef = 1.0 / (np.sqrt(2.0) + 1e-6)
+        np.testing.assert_allclose(np.linalg.norm(c1), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(w1, coef * np.array([1 / 3, 2.0]) / scale, rtol=1e-5)
 
 
 def test_nash_mtl_solves_g_alpha_equals_one_over_alpha_on_random_cases():
     rng = np.random.default_rng(1)
-    m = mtl.get_method("nash_mtl", normalize_gram=False, max_norm=0.0)
+    m = mtl.get_method("nash_mtl", max_norm=0.0)
     for t in (2, 3, 5):
         for _ in range(3):
             g = (rng.normal(size=(t, 40)) * rng.uniform(0.1, 10.0, size=(t, 1))).astype(
@@ -226,7 +222,7 @@ def test_fairgrad_alpha_one_is_nash_and_scale_law_and_zero_task():
     grads, _ = _random_grads(3, 1, t=3, d=12)
     g = grads[0]
     _, w_fair = _run(mtl.get_method("fairgrad"), [g], [np.ones(3)])[0][0]
-    _, w_nash = _run(mtl.get_method("nash_mtl", normalize_gram=False, max_norm=0.0), [g],
+    _, w_nash = _run(mtl.get_method("nash_mtl", max_norm=0.0), [g],
                      [np.ones(3)])[0][0]
     np.testing.assert_allclose(w_fair, w_nash, rtol=1e-5)
     # Scaling every gradient by c scales w by c^(-2 alpha / (alpha + 1)) (alpha = 2: c^(-4/3)).

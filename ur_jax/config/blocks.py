@@ -345,6 +345,9 @@ DENSE_URL_STAGE = _table(
 DENSE_TEACHERS = _table(
     checkpoints=Key("mapping", doc="{task: saved model to load instead of training; '' "
                                    "trains it}"),
+    model=Key("str", "", "the single-task teachers' dense model; '' follows config.model, "
+                         "except that the multi-task architectures (mtan, cross_stitch) are "
+                         "compared with single-task SegNets, as in their papers"),
 )
 
 

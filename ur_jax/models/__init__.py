@@ -78,6 +78,18 @@ def dense_model_names() -> list[str]:
     return sorted(_DENSE_MODELS)
 
 
+def dense_model_class(name: str) -> Callable[..., nn.Module]:
+    """The constructor :func:`get_dense_model` calls for ``name``.
+
+    Raises:
+      ValueError: an unknown name (listing the known ones).
+    """
+    try:
+        return _DENSE_MODELS[name]
+    except KeyError:
+        raise ValueError(f"Unknown dense model {name!r}; known: {dense_model_names()}.") from None
+
+
 def get_dense_model(name: str, **kwargs: Any) -> nn.Module:
     """Builds a registered dense model, e.g. ``get_dense_model('segnet', tasks=..., width=1.0)``:
     a module mapping images to ``(predictions, features)``."""
@@ -88,10 +100,9 @@ def get_dense_model(name: str, **kwargs: Any) -> nn.Module:
     return constructor(**kwargs)
 
 
-__all__ = ["AdapterBlock", "PerDomain", "ResNet26", "from_single_domain", "BasicBlock", "Bottleneck",
-           "Conv", "DeepLabV3ResNet50", "Heads", "MultiHeadClassifier", "conv_general_dilated",
-           "MTANSegNet",
-           "CrossStitchSegNet",
-           "ResNet", "ResNet18", "ResNet18MetaDataset", "ResNet34", "ResNet50", "SegNet",
-           "backbone_names", "dense_model_names", "get_backbone", "get_dense_model",
+__all__ = ["AdapterBlock", "BasicBlock", "Bottleneck", "Conv", "CrossStitchSegNet",
+           "DeepLabV3ResNet50", "Heads", "MTANSegNet", "MultiHeadClassifier", "PerDomain",
+           "ResNet", "ResNet18", "ResNet18MetaDataset", "ResNet26", "ResNet34", "ResNet50",
+           "SegNet", "backbone_names", "conv_general_dilated", "dense_model_class",
+           "dense_model_names", "from_single_domain", "get_backbone", "get_dense_model",
            "max_pool_with_indices", "max_unpool", "register_backbone"]

@@ -7,12 +7,15 @@ activations at that point. For tasks ``i, j`` and channel ``c``::
 
     x~_i[..., c] = sum_j alpha[i, j, c] * x_j[..., c]
 
-This is the "channel-wise" unit of the multi-task benchmarks that compare against
-cross-stitch on NYU-v2 (MTAN, CAGrad, LibMTL's ``Cross_stitch``); ``per_channel=False``
-gives the paper's original scalar unit, one ``alpha[i, j]`` for all channels. Units start
-at the paper's recommended "(0.9, 0.1)" initialisation: ``alpha_same`` (0.9) on the diagonal
-and ``(1 - alpha_same) / (T - 1)`` off it, so every row sums to one (for two tasks exactly
-the paper's (0.9, 0.1)). The paper trains the alphas with a learning rate 10^2-10^3 times
+Channel-wise units (one ``alpha[i, j]`` per channel) are this module's default, a choice of
+ours; ``per_channel=False`` gives the paper's scalar unit, one ``alpha[i, j]`` for all
+channels. The NYU-v2 baselines differ from both: LibMTL's ``Cross_stitch`` uses scalar
+``(T, T)`` units initialised to ones, and MTAN's ``model_segnet_cross.py`` one scalar per
+*sending* task shared by every receiving column (all columns get the same mix), initialised
+to ones; neither is reproduced exactly here. Units start at the paper's recommended
+"(0.9, 0.1)" initialisation: ``alpha_same`` (0.9) on the diagonal and
+``(1 - alpha_same) / (T - 1)`` off it, so every row sums to one (for two tasks exactly the
+paper's (0.9, 0.1)). The paper trains the alphas with a learning rate 10^2-10^3 times
 the network's; here they are ordinary parameters (partition the optimizer to scale them).
 
 Architecture (:class:`CrossStitchSegNet`). Each column is exactly the encoder-decoder of
@@ -254,7 +257,7 @@ class CrossStitchSegNet(nn.Module):
       tasks: ``((name, out_channels), ...)``, one column and head each; any ``T >= 1``.
       width, filters, dtype, bn_momentum, bn_epsilon, normalize_tasks: as for
         :class:`~ur_jax.models.segnet.SegNet`.
-      per_channel: channel-wise alphas ``(T, T, C)`` (MTL benchmarks) or the paper's
+      per_channel: channel-wise alphas ``(T, T, C)`` (this module's choice) or the paper's
         scalar ``(T, T)``.
       alpha_same: initial diagonal alpha (paper: 0.9); the rest of each row is split evenly.
     """

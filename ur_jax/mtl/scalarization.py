@@ -382,7 +382,9 @@ class DBMTL(MTLMethod):
     and no bias correction, as LibMTL), then every average is rescaled to the largest norm:
     ``combined = sum_t a_t m_t`` with ``a_t = max_s |m_s| / (|m_t| + 1e-8)``. The combined
     gradient is a sum over tasks (each term has the largest norm): the scale of the *sum* of
-    ``T`` gradients of that norm.
+    ``T`` gradients of that norm. Only the shared parameters get this treatment: task heads
+    keep their plain gradients ``grad L_t`` (ur_jax's convention for gradient methods; the
+    paper and LibMTL log-transform the heads' losses too).
 
     Options: ``beta`` (0.9, LibMTL's ``DB_beta``), ``beta_sigma`` (0.0, LibMTL's
     ``DB_beta_sigma``; 0 is the paper's plain moving average with constant ``beta``). The

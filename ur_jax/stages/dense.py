@@ -28,7 +28,7 @@ import optax
 from absl import logging
 from clu import parameter_overview
 
-from ur_jax import checkpointing, dense_steps, mtl, optim, sharding
+from ur_jax import checkpointing, dense_steps, models, mtl, optim, sharding
 from ur_jax.adapters import AlignmentAdapters
 from ur_jax.run.context import RunContext
 from ur_jax.run.loop import fit
@@ -43,12 +43,43 @@ def task_channels(task: str, num_classes: int) -> int:
     return num_classes if task == "semantic" else TASK_CHANNELS[task]
 
 
-def dense_spec(config, data, tasks) -> dict[str, Any]:
-    """The saved-model spec of ``config.model`` with one head per task of ``tasks``."""
+#: Dense models that exist only as multi-task architectures: their single-task baseline (the
+#: ``stl`` teachers unless ``config.teachers.model`` says otherwise) is this model, built
+#: with the keyword arguments it shares with them (MTAN's and Cross-Stitch's papers compare
+#: with single-task SegNets).
+SINGLE_TASK_BASELINE = {"mtan": "segnet", "cross_stitch": "segnet"}
+
+
+def dense_spec(config, data, tasks, teacher: bool = False) -> dict[str, Any]:
+    """The saved-model spec of ``config.model`` with one head per task of ``tasks``;
+    ``teacher=True``: of the single-task teachers' model (``config.teachers.model``, or
+    :data:`SINGLE_TASK_BASELINE` of a multi-task architecture)."""
     kwargs = config.model.kwargs
     kwargs = dict(kwargs.to_dict() if hasattr(kwargs, "to_dict") else kwargs)
+    name = config.model.name
+    if teacher:
+        chosen = config.teachers.get("model", "") or SINGLE_TASK_BASELINE.get(name, name)
+        if chosen != name:
+            fields = getattr(models.dense_model_class(chosen), "__dataclass_fields__", {})
+            kwargs = {k: v for k, v in kwargs.items() if k in fields}
+        name = chosen
     return checkpointing.dense_model_spec(
-        config.model.name, kwargs, [(t, task_channels(t, data.num_classes)) for t in tasks])
+        name, kwargs, [(t, task_channels(t, data.num_classes)) for t in tasks])
+
+
+def check_gradient_space(config, data) -> None:
+    """Refuse, before any training, a space a method fixes otherwise
+    (:func:`ur_jax.dense_steps.gradient_space`) and a feature-space multi-task method on a
+    model without a shared feature (MTAN, Cross-Stitch: their ``parts()`` raise the
+    ValueError that says to use ``space='params'``)."""
+    if "mtl" not in tuple(config.stages) or config.mtl.method == "bam":
+        return
+    if dense_steps.gradient_space(mtl_method(config, data), config.mtl.space) != "features":
+        return
+    model = checkpointing.model_from_spec(dense_spec(config, data, config.tasks),
+                                          config.precision)
+    if hasattr(model, "parts"):
+        model.parts()
 
 
 def steps_per_epoch(data, batch_size: int) -> int:
@@ -131,8 +162,9 @@ def stl(ctx: RunContext) -> dict[str, tuple[Any, dict]]:
     out = {}
     paths = {t: p for t, p in dict(config.teachers.checkpoints).items() if p}
     uniform = mtl.get_method("uniform")
+    check_gradient_space(config, data)
     for i, t in enumerate(config.tasks):
-        spec = dense_spec(config, data, (t,))
+        spec = dense_spec(config, data, (t,), teacher=True)
         if t in paths:
             logging.info("[stl_%s] loading %s", t, paths[t])
             model, variables = checkpointing.load_model(paths[t], expected=spec,
@@ -203,7 +235,7 @@ def mtl_stage(ctx: RunContext) -> dict[str, tuple[Any, dict]]:
         pair = train_bam(ctx, teachers)
     else:
         method = mtl_method(config, ctx.data)
-        space = config.mtl.space or method.space
+        space = dense_steps.gradient_space(method, config.mtl.space)
         model = checkpointing.model_from_spec(dense_spec(config, ctx.data, config.tasks),
                                               config.precision)
         pair = (model, train_mtl_model(ctx, "mtl", config.mtl, model, tuple(config.tasks), method,

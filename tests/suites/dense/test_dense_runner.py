@@ -125,6 +125,27 @@ def test_cli_and_resume_of_a_stateful_method(dirs, tmp_path):
     assert "reference" in resumed["mtl"]["delta_mtl"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", ["mtan", "cross_stitch"])
+def test_multi_task_architectures_run_against_single_task_segnets(dirs, tmp_path, architecture):
+    """--config.model.name=mtan / cross_stitch: the mtl (a LibMTL method, parameter space)
+    and url stages train the architecture, the stl teachers are single-task SegNets (the
+    papers' baseline); a feature-space method is refused before any teacher trains."""
+    overrides = {"model.name": architecture, "stages": ("stl", "mtl", "url"),
+                 "mtl.steps": 2, "url.steps": 2}
+    config = _config("nyuv2_mtl", "nash_mtl,smoke", dirs, **overrides)
+    results = _run(config, str(tmp_path / "run"))
+    for stage in ("stl", "mtl", "url"):
+        _check_metrics(results[stage], tuple(config.tasks))
+    for t in config.tasks:
+        spec = json.loads((tmp_path / "run" / "teachers" / t / "model" / "model.json").read_text())
+        assert spec["dense_model"] == "segnet", spec
+    feature_space = _config("nyuv2_mtl", "graddrop,smoke", dirs, **{"model.name": architecture})
+    with pytest.raises(ValueError, match="space='params'"):
+        _run(feature_space, str(tmp_path / "refused"))
+    assert not (tmp_path / "refused" / "teachers").exists()
+
+
 def test_errors_are_clear(dirs, tmp_path):
     # No manual download where the config says.
     config = _config("nyuv2_stl", "semantic,smoke", dirs, manual_dir=str(tmp_path / "nowhere"),
