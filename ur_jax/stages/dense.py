@@ -240,7 +240,19 @@ def mtl_stage(ctx: RunContext) -> dict[str, tuple[Any, dict]]:
                                               config.precision)
         pair = (model, train_mtl_model(ctx, "mtl", config.mtl, model, tuple(config.tasks), method,
                                        space, (12,)))
+    save_student(ctx, "mtl", *pair)
     return {t: pair for t in config.tasks}
+
+
+def save_student(ctx: RunContext, stage: str, model, variables) -> None:
+    """Writes a trained multi-task network as ``<workdir>/students/<stage>/model`` (its spec
+    and ``params`` / ``batch_stats``; a method's own parameters are not part of the model), for
+    :func:`ur_jax.checkpointing.load_model` and ``--config.teachers``-style reuse."""
+    config = ctx.config
+    spec = dense_spec(config, ctx.data, config.tasks)
+    kept = {k: v for k, v in variables.items() if k in ("params", "batch_stats") and v}
+    checkpointing.save_model(os.path.join(ctx.workdir, "students", stage, "model"), spec,
+                             jax.device_get(kept))
 
 
 @register("dense", "url", requires=("stl",))
@@ -286,4 +298,5 @@ def url(ctx: RunContext) -> dict[str, tuple[Any, dict]]:
     step_fn = sharding.jit_data_parallel(step, ctx.mesh, batch_argnums=(2,), num_args=3)
     state = fit_dense(ctx, "url", step_fn, state, u, ctx.seed(13, 1), teacher_vars=teacher_vars)
     pair = (student, {"params": state.params["student"], "batch_stats": state.batch_stats})
+    save_student(ctx, "url", *pair)
     return {t: pair for t in tasks}

@@ -78,6 +78,10 @@ def test_every_dense_config_runs(dirs, tmp_path, capsys, name, arg, stages):
     assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(results))
     for stage in stages:
         _check_metrics(results[stage], tasks if stage != "stl" else tuple(config.tasks))
+        if stage != "stl":  # the students are saved as models, like the teachers
+            model, variables = checkpointing.load_model(
+                str(tmp_path / "students" / stage / "model"))
+            assert set(variables) <= {"params", "batch_stats"} and "params" in variables
     for t in (config.tasks if "stl" in stages else ()):  # teachers saved, loadable
         model, _ = checkpointing.load_model(str(tmp_path / "teachers" / t / "model"))
         assert model.task_names == (t,)
