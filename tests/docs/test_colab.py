@@ -11,26 +11,11 @@ import pytest
 matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")  # before the cells import pyplot
 
-import matplotlib.pyplot as plt  # noqa: E402
-from absl import logging  # noqa: E402
-from matplotlib.container import BarContainer  # noqa: E402
+
+import _notebooks  # noqa: E402  (tests/docs/_notebooks.py)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "colabs" / "quickstart.ipynb"
-
-
-def _code_cells() -> list[str]:
-    nb = json.loads(NOTEBOOK.read_text())
-    assert nb["nbformat"] == 4 and nb["metadata"]["kernelspec"]["language"] == "python"
-    cells = []
-    for cell in nb["cells"]:
-        if cell["cell_type"] == "code":
-            assert not cell.get("outputs"), "the notebook is stored without outputs"
-            src = "".join(cell["source"])
-            assert not any(line.lstrip().startswith(("!", "%")) for line in src.splitlines()), \
-                "code cells are plain Python (no shell or magic lines)"
-            cells.append(src)
-    return cells
 
 
 @pytest.fixture(scope="module")
@@ -39,28 +24,11 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture
-def notebook(data_dir, tmp_path, monkeypatch):
+def notebook(data_dir, tmp_path):
     """Executes the notebook; returns (namespace, {figure label: figure})."""
-    monkeypatch.setenv("UR_JAX_SMOKE", "1")
-    monkeypatch.setenv("UR_JAX_DATA_DIR", data_dir)
-    monkeypatch.setenv("UR_JAX_WORKDIR", str(tmp_path / "run"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.chdir(ROOT)
-    plt.close("all")
-    verbosity = logging.get_verbosity()
-    namespace: dict = {"__name__": "__main__"}
-    try:
-        for i, src in enumerate(_code_cells()):
-            exec(compile(src, f"{NOTEBOOK}:code cell {i}", "exec"), namespace)
-        figures = {label: plt.figure(label) for label in plt.get_figlabels()}
-        yield namespace, figures
-    finally:
-        logging.set_verbosity(verbosity)  # the notebook turns INFO on
-        plt.close("all")
-
-
-def _bars(ax) -> list[BarContainer]:
-    return [c for c in ax.containers if isinstance(c, BarContainer)]
+    env = {"UR_JAX_DATA_DIR": data_dir, "UR_JAX_WORKDIR": str(tmp_path / "run")}
+    with _notebooks.executed(NOTEBOOK, ROOT, env) as result:
+        yield result
 
 
 @pytest.mark.filterwarnings("ignore:FigureCanvasAgg is non-interactive")
@@ -89,7 +57,7 @@ def test_quickstart_notebook_runs(notebook):
 
     # (a) one bar group per model, a bar per domain plus the mean, heights = the results.
     (ax,) = figures["test accuracy"].axes
-    bars = _bars(ax)
+    bars = _notebooks.bars(ax)
     assert len(bars) == 3
     for container, key in zip(bars, ("teachers", "mdl", "url")):
         heights = [p.get_height() for p in container.patches]
@@ -114,7 +82,7 @@ def test_quickstart_notebook_runs(notebook):
 
     # (c) MDL/URL x NCC/PA bars with 95% CI error bars, heights = the results.
     (ax,) = figures["few-shot accuracy"].axes
-    bars = _bars(ax)
+    bars = _notebooks.bars(ax)
     assert len(bars) == 4
     for container, (model, method) in zip(bars, [("mdl", "ncc"), ("mdl", "pa"),
                                                   ("url", "ncc"), ("url", "pa")]):

@@ -2,7 +2,6 @@
 in-process (no Jupyter needed), in its smoke setting; its checks hold and every figure
 shows the notebook's own results."""
 
-import json
 import math
 import pathlib
 
@@ -13,11 +12,11 @@ matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")  # before the cells import pyplot
 
 import jax  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.container import BarContainer  # noqa: E402
 from matplotlib.image import AxesImage  # noqa: E402
 
 from ur_jax import checkpointing  # noqa: E402
+
+import _notebooks  # noqa: E402  (tests/docs/_notebooks.py)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "colabs" / "adapters.ipynb"
@@ -27,46 +26,13 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.filterwarnings("ignore:FigureCanvasAgg is non-interactive")]
 
 
-def _code_cells() -> list[str]:
-    nb = json.loads(NOTEBOOK.read_text())
-    assert nb["nbformat"] == 4 and nb["metadata"]["kernelspec"]["language"] == "python"
-    cells = []
-    for cell in nb["cells"]:
-        if cell["cell_type"] == "code":
-            assert not cell.get("outputs") and cell.get("execution_count") is None, \
-                "the notebook is stored without outputs"
-            src = "".join(cell["source"])
-            assert not any(line.lstrip().startswith(("!", "%")) for line in src.splitlines()), \
-                "code cells are plain Python (no shell or magic lines)"
-            cells.append(src)
-    assert nb["cells"][-1]["cell_type"] == "markdown"
-    assert "".join(nb["cells"][-1]["source"]).startswith("## What to look at")
-    return cells
-
-
 @pytest.fixture(scope="module")
 def notebook(tmp_path_factory):
     """Executes the notebook from colabs/; returns (namespace, {figure label: figure})."""
     tmp = tmp_path_factory.mktemp("ur_colab_adapters")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("UR_JAX_SMOKE", "1")
-        mp.setenv("UR_JAX_DATA_DIR", str(tmp / "data"))
-        mp.setenv("UR_JAX_WORKDIR", str(tmp / "run"))
-        mp.setenv("MPLBACKEND", "Agg")
-        mp.chdir(ROOT / "colabs")
-        plt.close("all")
-        namespace: dict = {"__name__": "__main__"}
-        try:
-            for i, src in enumerate(_code_cells()):
-                exec(compile(src, f"{NOTEBOOK}:code cell {i}", "exec"), namespace)
-            figures = {label: plt.figure(label) for label in plt.get_figlabels()}
-            yield namespace, figures
-        finally:
-            plt.close("all")
-
-
-def _bars(ax) -> list[BarContainer]:
-    return [c for c in ax.containers if isinstance(c, BarContainer)]
+    env = {"UR_JAX_DATA_DIR": str(tmp / "data"), "UR_JAX_WORKDIR": str(tmp / "run")}
+    with _notebooks.executed(NOTEBOOK, ROOT / "colabs", env) as result:
+        yield result
 
 
 def _lines(fig) -> dict:
@@ -182,7 +148,7 @@ def test_tsa_fits_only_the_adapters(notebook):
         assert list(line.get_xdata()) == steps
         assert list(line.get_ydata()) == pytest.approx(values)
     bar_ax = figures["tsa fit"].axes[1]
-    (bars,) = _bars(bar_ax)
+    (bars,) = _notebooks.bars(bar_ax)
     assert [p.get_height() for p in bars.patches] == pytest.approx(list(acc.values()))
     assert [t.get_text() for t in bar_ax.get_xticklabels()] == list(acc)
 
@@ -217,7 +183,7 @@ def test_distillation_from_two_teachers(notebook):
         assert list(line.get_xdata()) == res["steps"]
         assert list(line.get_ydata()) == pytest.approx(res[key])
     acc_ax = fig.axes[2]
-    teachers, student = _bars(acc_ax)
+    teachers, student = _notebooks.bars(acc_ax)
     domains = ["digits", "shapes"]
     assert [p.get_height() for p in teachers.patches] == \
         pytest.approx([ns["results"]["teacher_accuracy"][d] for d in domains])

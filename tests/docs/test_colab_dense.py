@@ -3,8 +3,7 @@
 training curves show the run's numbers, models and TensorBoard scalars.
 
 Slow (about 1.5 minutes on 2 CPU cores): CI runs it with ``python -m pytest -m slow``.
-The helpers are local copies of tests/docs/test_colab.py's (importing that module would
-switch matplotlib's backend and skip on import)."""
+The notebook runs through tests/docs/_notebooks.py, as the other notebooks do."""
 
 import json
 import math
@@ -18,9 +17,8 @@ matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")  # before the cells import pyplot
 
 import jax  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-from absl import logging  # noqa: E402
-from matplotlib.container import BarContainer  # noqa: E402
+
+import _notebooks  # noqa: E402  (tests/docs/_notebooks.py)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "colabs" / "dense.ipynb"
@@ -31,47 +29,12 @@ FIGURES = {"test metrics", "training curves", "predictions: semantic", "predicti
            "predictions: normal"}
 
 
-def _code_cells() -> list[str]:
-    nb = json.loads(NOTEBOOK.read_text())
-    assert nb["nbformat"] == 4 and nb["metadata"]["kernelspec"]["language"] == "python"
-    cells = []
-    for cell in nb["cells"]:
-        if cell["cell_type"] == "code":
-            assert not cell.get("outputs"), "the notebook is stored without outputs"
-            assert cell.get("execution_count") is None, "the notebook is stored unexecuted"
-            src = "".join(cell["source"])
-            assert not any(line.lstrip().startswith(("!", "%")) for line in src.splitlines()), \
-                "code cells are plain Python (no shell or magic lines)"
-            cells.append(src)
-    last = nb["cells"][-1]
-    assert last["cell_type"] == "markdown"
-    assert "".join(last["source"]).startswith("## What to look at")
-    return cells
-
-
 @pytest.fixture
-def notebook(tmp_path, monkeypatch):
+def notebook(tmp_path):
     """Executes the notebook; returns (namespace, {figure label: figure})."""
-    monkeypatch.setenv("UR_JAX_SMOKE", "1")
-    monkeypatch.setenv("UR_JAX_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("UR_JAX_WORKDIR", str(tmp_path / "run"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.chdir(ROOT)
-    plt.close("all")
-    verbosity = logging.get_verbosity()
-    namespace: dict = {"__name__": "__main__"}
-    try:
-        for i, src in enumerate(_code_cells()):
-            exec(compile(src, f"{NOTEBOOK}:code cell {i}", "exec"), namespace)
-        figures = {label: plt.figure(label) for label in plt.get_figlabels()}
-        yield namespace, figures
-    finally:
-        logging.set_verbosity(verbosity)  # the notebook sets INFO, then WARNING
-        plt.close("all")
-
-
-def _bars(ax) -> list[BarContainer]:
-    return [c for c in ax.containers if isinstance(c, BarContainer)]
+    env = {"UR_JAX_DATA_DIR": str(tmp_path / "data"), "UR_JAX_WORKDIR": str(tmp_path / "run")}
+    with _notebooks.executed(NOTEBOOK, ROOT, env) as result:
+        yield result
 
 
 def _check_table(table: str, results) -> None:
@@ -99,11 +62,11 @@ def _check_metric_bars(fig, results) -> None:
     expected = {f"{t}: {label}": (t, key) for t in TASKS for key, label in TABLE_METRICS[t]}
     assert set(axes) == set(expected) | {"Delta_MTL vs STL (%)"}
     for title, (t, key) in expected.items():
-        (bars,) = _bars(axes[title])
+        (bars,) = _notebooks.bars(axes[title])
         assert [p.get_height() for p in bars.patches] == \
             pytest.approx([results[s][t][key] for s in STAGES]), title
         assert [x.get_text() for x in axes[title].get_xticklabels()] == LABELS
-    (bars,) = _bars(axes["Delta_MTL vs STL (%)"])
+    (bars,) = _notebooks.bars(axes["Delta_MTL vs STL (%)"])
     assert [p.get_height() for p in bars.patches] == \
         pytest.approx([results[s]["delta_mtl"]["stl"] for s in ("mtl", "url")])
 
