@@ -318,7 +318,10 @@ def _check_shapes(model: MultiHeadClassifier, variables: Mapping[str, Any], spec
     if "dense_model" in spec:
         probe = jnp.zeros((1, 32, 32, 3), jnp.float32)
     else:
-        probe = {d: jnp.zeros((1, 32, 32, 3), jnp.float32) for d in model.domains}
+        # A model that resizes some domains (input_sizes) may pass every domain through one
+        # shared backbone call, which needs one image size: probe every domain at it.
+        side = max((s for _, s in model.input_sizes), default=32)
+        probe = {d: jnp.zeros((1, side, side, 3), jnp.float32) for d in model.domains}
     abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), probe, train=False))
     want = {jax.tree_util.keystr(p): tuple(x.shape)
             for p, x in jax.tree_util.tree_leaves_with_path(dict(abstract))}

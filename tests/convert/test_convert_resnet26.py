@@ -171,7 +171,7 @@ def test_rebuffi_series_single_task_parity():
     assert_parity(net, (checkpointing.model_from_spec(spec), variables), ("svhn",))
 
 
-def test_full_size_release_shapes_without_running():
+def test_full_size_release_shapes_without_running(tmp_path):
     """The released URL model (shared BatchNorm, ``cls_fn.<t>`` for the 10 domains in the
     release's order), full size: names and class counts, every tensor used, the 3x3 convs'
     parameter count from the formula. (Converting the full-size 10-domain parallel-adapter
@@ -200,6 +200,13 @@ def test_full_size_release_shapes_without_running():
     # The released URL student evaluates every 64 px crop at 72 x 72 (urltest, imagenet12
     # trained): the converted spec resizes all domains but imagenet12; 0 turns it off.
     assert spec["input_sizes"] == [[d, 72] for d in DOMAINS if d != "imagenet12"]
+    # it loads: every domain of the one shared-BatchNorm pass is probed at 72 px (a 32 px
+    # probe of imagenet12 beside the resized others could not be concatenated)
+    checkpointing.save_model(tmp_path / "url", spec, variables)
+    model, loaded = checkpointing.load_model(tmp_path / "url")
+    assert dict(model.input_sizes) == {d: 72 for d in DOMAINS if d != "imagenet12"}
+    np.testing.assert_array_equal(loaded["params"]["heads"]["vgg-flowers"]["kernel"],
+                                  sd["cls_fn.6.weight"].T)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Converting with end_relu")
         native, _ = convert_resnet26.convert(sd, **URL_OPTS, student_input_size="0")

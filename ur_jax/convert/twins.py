@@ -404,6 +404,7 @@ def randomize_resnet26(net: nn.Module, domains: int = 1, size: int = 32,
         m.momentum = 1.0
 
     def linear(m, g):
+        m.weight.copy_(torch.randn(m.weight.shape, generator=g) / math.sqrt(m.in_features))
         m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
 
     g = torch.Generator().manual_seed(seed)
