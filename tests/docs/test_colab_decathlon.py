@@ -2,10 +2,12 @@
 in-process (no Jupyter needed), in its smoke setting (a fake decathlon-1.0/ tree with labelled
 test annotations; SDL teachers, MDL and URL of configs/decathlon_url.py:smoke); its accuracy
 bars and decathlon scores are the run's, the results files it writes score what the run
-reports, the runner writes the same file without test labels, and the converted
-released-layout ResNet-26 computes its PyTorch twin's logits.
+reports, the runner writes the same file without test labels, the notebook finds teachers
+that a run loaded (not trained) where the run took them, and the converted released-layout
+ResNet-26 computes its PyTorch twin's logits.
 
-Slow (about 1.5 minutes on 2 CPU cores): CI runs it with ``python -m pytest -m slow``.
+Slow (about 1.5 minutes on 2 CPU cores, checked under two): CI runs it with
+``python -m pytest -m slow``.
 The notebook runs through tests/docs/_notebooks.py, as the other notebooks do."""
 
 import importlib.util
@@ -13,6 +15,7 @@ import json
 import math
 import os
 import pathlib
+import time
 
 import numpy as np
 import pytest
@@ -22,7 +25,7 @@ matplotlib.use("Agg")  # before the cells import pyplot
 
 import jax  # noqa: E402
 
-from ur_jax import checkpointing, convert, run  # noqa: E402
+from ur_jax import checkpointing, convert  # noqa: E402
 from ur_jax.evaluation import decathlon as dec  # noqa: E402
 from ur_jax.suites import decathlon  # noqa: E402
 
@@ -43,11 +46,13 @@ pytestmark = [pytest.mark.slow,
 
 @pytest.fixture(scope="module")
 def notebook(tmp_path_factory):
-    """Executes the notebook from colabs/; returns (namespace, {figure label: figure})."""
+    """Executes the notebook from colabs/; returns (namespace, {figure label: figure},
+    seconds taken)."""
     tmp = tmp_path_factory.mktemp("ur_colab_decathlon")
     env = {"UR_JAX_DATA_DIR": str(tmp / "data"), "UR_JAX_WORKDIR": str(tmp / "run")}
-    with _notebooks.executed(NOTEBOOK, ROOT / "colabs", env) as result:
-        yield result
+    start = time.perf_counter()
+    with _notebooks.executed(NOTEBOOK, ROOT / "colabs", env) as (ns, figures):
+        yield ns, figures, time.perf_counter() - start
 
 
 def _workdir(ns) -> pathlib.Path:
@@ -80,8 +85,9 @@ def _predict(ns, model, variables, d) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_setup_data_and_run(notebook):
-    ns, figures = notebook
-    assert ns["SMOKE"] is True and ns["IN_COLAB"] is False
+    ns, figures, seconds = notebook
+    assert ns["SMOKE"] is True and ns["IN_COLAB"] is False and ns["TRAIN"] is True
+    assert seconds < 120, f"the smoke notebook took {seconds:.0f} s"
     assert pathlib.Path(ns["REPO_DIR"]) == ROOT
     assert _workdir(ns) == pathlib.Path(os.environ["UR_JAX_WORKDIR"])
     assert set(figures) == FIGURES
@@ -110,8 +116,18 @@ def test_setup_data_and_run(notebook):
         for d in DOMAINS:
             assert results[stage][d]["examples"] == 12
             assert 0.0 <= results[stage][d]["accuracy"] <= 100.0
-    assert ns["table"] == run.tables.classification_table(results)
+    # The printed table: each model's accuracies, their mean and its decathlon score.
     assert ns["table"].startswith("Test accuracy (%)")
+    lines = {line.split()[0]: line.split()[1:] for line in ns["table"].splitlines()[2:]
+             if line.split()}
+    for stage in STAGES:
+        accs = [results[stage][d]["accuracy"] for d in DOMAINS]
+        cells = [float(v) for v in lines[stage][:len(DOMAINS) + 2]]
+        assert cells[:-1] == pytest.approx(accs + [np.mean(accs)], abs=0.005001), stage
+        assert cells[-1] == pytest.approx(dec.decathlon_score(dict(zip(DOMAINS, accs)),
+                                                              percent=True), abs=0.5), stage
+    # The saved models' predictions (section 4) reproduce the run's accuracies exactly.
+    assert ns["numbers"]["run_difference"] == {s: pytest.approx(0.0, abs=1e-9) for s in STAGES}
 
     # The test images shown are the evaluation crops (72 px ImageNet, 64 px aircraft).
     data = ns["data"]
@@ -132,7 +148,7 @@ def test_converted_twin_matches_pytorch(notebook):
     import torch
     from torch.nn import functional as F
 
-    ns, figures = notebook
+    ns, figures, _ = notebook
     twin_file = _workdir(ns) / "converted" / "twin_url.pth"
     saved = torch.load(twin_file, weights_only=False)  # the release's layout
     assert set(saved) == {"net", "acc", "epoch"}
@@ -176,7 +192,7 @@ def test_converted_twin_matches_pytorch(notebook):
 
 
 def test_accuracy_bars_and_decathlon_score(notebook):
-    ns, figures = notebook
+    ns, figures, _ = notebook
     results, numbers = ns["results"], ns["numbers"]
     rows = {s: {d: results[s][d]["accuracy"] for d in DOMAINS} for s in STAGES}
     if HAVE_TORCH:  # the converted twin, scored one image at a time here
@@ -228,7 +244,7 @@ def test_accuracy_bars_and_decathlon_score(notebook):
 
 
 def test_results_files_score_what_the_run_reports(notebook):
-    ns, _ = notebook
+    ns, _, _ = notebook
     results, numbers = ns["results"], ns["numbers"]
     predictions = _workdir(ns) / "predictions"
     assert sorted(p.name for p in predictions.iterdir()) == sorted(f"{m}_test.json" for m in MODELS)
@@ -251,12 +267,11 @@ def test_results_files_score_what_the_run_reports(notebook):
             if m == "url":  # the file holds the URL student's own predictions
                 ids, labels = _predict(ns, url_model, url_vars, d)
                 assert {i: predicted[i] for i in ids} == {i: cats[k] for i, k in zip(ids, labels)}
-    shown = json.loads(json.dumps(ns["submission"]))
-    assert shown == json.loads((predictions / "url_test.json").read_text())
+    assert pathlib.Path(ns["files"]["url"]) == predictions / "url_test.json"
 
 
 def test_runner_writes_the_same_file_without_test_labels(notebook):
-    ns, _ = notebook
+    ns, _, _ = notebook
     unlabelled = pathlib.Path(ns["unlabelled_dir"])
     for d in DOMAINS:
         assert (unlabelled / "annotations" / f"{d}_test_stripped.json").is_file()
@@ -271,11 +286,31 @@ def test_runner_writes_the_same_file_without_test_labels(notebook):
     assert server == ours and ns["numbers"]["server_file_identical"] is True
 
 
+def test_load_saved_finds_teachers_the_run_loaded(notebook):
+    """A run that loads its teachers (config.teachers.checkpoints, as with converted released
+    teachers) does not save them in its workdir: the notebook's load_saved reads them where the
+    run took them, and they predict what the runner wrote."""
+    ns, _, _ = notebook
+    challenge, workdir = ns["challenge"], pathlib.Path(ns["CHALLENGE_WORKDIR"])
+    assert not (workdir / "teachers").exists()  # <workdir>/teachers/<d>/model would fail
+    saved = ns["load_saved"](challenge, str(workdir))
+    assert list(saved) == ["teachers"] and list(saved["teachers"]) == DOMAINS
+    server = json.loads((workdir / "predictions" / "teachers_test.json").read_text())
+    server = {e["image_id"]: e["category_id"] for e in server}
+    for d in DOMAINS:
+        model, variables = saved["teachers"][d]
+        _, trained = convert.load(_workdir(ns) / "teachers" / d / "model")  # the labelled run's
+        assert jax.tree.all(jax.tree.map(np.array_equal, variables, trained))
+        ids, labels = _predict(ns, model, variables, d)
+        cats = decathlon.metadata(d, ns["DATA_DIR"])["category_ids"]
+        assert {i: server[i] for i in ids} == {i: cats[k] for i, k in zip(ids, labels)}
+
+
 def test_real_run_config(notebook):
     """The config the notebook builds for a real run (not run here) is valid."""
     from ur_jax.config.validation import validate
 
-    ns, _ = notebook
+    ns, _, _ = notebook
     build = ns["decathlon_config"]
     c = build(False, "/data/decathlon", "/data/tfds")
     assert tuple(c.stages) == tuple(STAGES) and tuple(c.domains) == decathlon.DOMAINS

@@ -75,7 +75,6 @@ def test_setup_inputs_and_files(notebook):
     spec = json.loads((pathlib.Path(ns["CONVERTED"]) / checkpointing.MODEL_FILE).read_text())
     assert spec["backbone"] == "resnet18_metadataset" and spec["backbone_kwargs"] == {"width": 1 / 16}
     assert (pathlib.Path(ns["EVAL_DIR"]) / "results.json").is_file()
-    assert _results_json(ns) == ns["results"]["run"]
 
 
 def test_conversion_matches_pytorch(notebook):
@@ -161,7 +160,6 @@ def test_episode_figure_shows_the_runs_episode_with_ncc_predictions(notebook):
     assert len(ns["run_episodes"]) == 4
     assert res["ncc_recomputed"] == pytest.approx(fs["rows"]["url ncc"]["omniglot"]["accuracy"],
                                                   abs=1e-4)
-    assert res["ncc_results_json"] == fs["rows"]["url ncc"]["omniglot"]["accuracy"]
     mean, ci = fewshot.mean_confidence_interval(100 * np.asarray(ns["ncc_per_episode"]))
     assert (mean, ci) == pytest.approx((fs["rows"]["url ncc"]["omniglot"]["accuracy"],
                                         fs["rows"]["url ncc"]["omniglot"]["ci95"]), abs=1e-4)
