@@ -11,16 +11,18 @@ Run (about 2 minutes on 2 CPU cores, 1 device; the data are prepared in seconds 
 
     python -m ur_jax.main --config configs/default.py --workdir /tmp/ur_default
 
-Expected (seed 0, measured on 2 CPU cores; results.json in the workdir), test accuracy %:
+Expected (seed 0, measured on 2 CPU cores; results.json in the workdir):
 
-                digits  shapes  textures  glyphs   mean
-    teachers      83.6    88.2      89.6    26.2   71.9
-    mdl           84.0    81.6      89.4    90.6   86.4
-    url           90.6    95.4      95.2    94.8   94.0
+    test accuracy %  digits  shapes  textures  glyphs  mean
+    teachers           83.6    88.2      89.6    26.2  71.9
+    mdl                84.0    81.6      89.4    90.6  86.4
+    url                90.6    95.4      95.2    94.8  94.0
 
-    5-way 5-shot (600 episodes, +- 95% CI)   glyphs_novel   symbols
-    mdl ncc / pa                              78.5 / 78.8    74.3 / 74.0   (+- 0.7)
-    url ncc / pa                              81.5 / 82.2    76.5 / 76.9   (+- 0.8)
+    5-way 5-shot % (600 episodes, +- 95% CI)  glyphs_novel      symbols
+    mdl ncc                                    78.5 +- 0.7  74.3 +- 0.7
+    mdl pa                                     78.8 +- 0.6  74.0 +- 0.7
+    url ncc                                    81.5 +- 0.8  76.5 +- 0.7
+    url pa                                     82.2 +- 0.7  76.9 +- 0.7
 
 How the students' learning rates were chosen (the same way for MDL and URL; never on
 test): the grid {0.005, 0.01, 0.02, 0.04} for each stage, trained on 1500 of each domain's
@@ -28,16 +30,25 @@ test): the grid {0.005, 0.01, 0.02, 0.04} for each stage, trained on 1500 of eac
 ``evaluate_on='val'``), seeds 0, 1, 2, with the seed-0 teachers of that split. Mean
 validation accuracy % of the four domains, per seed, then mean +- sd over seeds:
 
-    lr       mdl (seeds 0/1/2)         mean +- sd     url (seeds 0/1/2)         mean +- sd
-    0.005    84.8 / 78.8 / 68.0     77.2 +- 8.5      91.4 / 91.6 / 94.4     92.5 +- 1.7
-    0.01     90.7 / 91.6 / 94.7     92.3 +- 2.1      93.8 / 97.9 / 95.5     95.7 +- 2.1
-    0.02     96.6 / 80.5 / 89.1     88.7 +- 8.1      95.8 / 97.1 / 89.4     94.1 +- 4.1
-    0.04     95.3 / 75.5 / 60.3     77.0 +- 17.6     83.0 / 86.1 / 94.1     87.7 +- 5.7
+    student lr   mdl (seeds 0/1/2)    mean +- sd   url (seeds 0/1/2)   mean +- sd
+    0.005       84.8 / 78.8 / 68.0   77.2 +- 8.5  91.4 / 91.6 / 94.4  92.5 +- 1.7
+    0.01        90.7 / 91.6 / 94.7   92.3 +- 2.1  93.8 / 97.9 / 95.5  95.7 +- 2.1
+    0.02        96.6 / 80.5 / 89.1   88.7 +- 8.1  95.8 / 97.1 / 89.4  94.1 +- 4.1
+    0.04        95.3 / 75.5 / 60.3  77.0 +- 17.6  83.0 / 86.1 / 94.1  87.7 +- 5.7
 
-0.01 is the best of the grid for both, and is the default. The whole job at seeds 0 / 1 / 2
-(test, teachers retrained per seed): mdl 86.4 / 86.1 / 94.7 (89.1 +- 4.9), url 94.0 / 95.1 /
-97.0 (95.4 +- 1.5); few-shot mean NCC mdl 78.6, url 82.3; PA mdl 78.9, url 82.8; teachers
-71.9 / 91.1 / 65.3. What the numbers support: with each student tuned the same way, URL
+0.01 is the best of the grid for both, and is the default. The whole job at seeds 0, 1, 2
+(test; the teachers retrained per seed; few-shot rows: the mean of the two held-out sets):
+
+    whole job, test %  seed 0  seed 1  seed 2    mean +- sd
+    teachers             71.9    91.1    65.3  76.1 +- 13.4
+    mdl                  86.4    86.1    94.7   89.1 +- 4.9
+    url                  94.0    95.1    97.0   95.4 +- 1.5
+    few-shot mdl ncc     76.4    74.4    84.9   78.6 +- 5.6
+    few-shot mdl pa      76.4    74.5    85.7   78.9 +- 6.0
+    few-shot url ncc     79.0    79.8    88.2   82.3 +- 5.1
+    few-shot url pa      79.5    80.6    88.4   82.8 +- 4.8
+
+What the numbers support: with each student tuned the same way, URL
 beats MDL on the training domains by about 3 points on validation (95.7 vs 92.3 over 3
 seeds) and 6.3 on test (95.4 vs 89.1; ahead at every seed, by 2.3 to 9.0), and its features
 transfer better to held-out classes and an unseen domain (+2.5 points few-shot with NCC,

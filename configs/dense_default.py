@@ -13,13 +13,14 @@ Run (7.5 to 9 minutes on 2 free CPU cores, 13 measured on a shared one; 1 device
 
     python -m ur_jax.main --config configs/dense_default.py --workdir /tmp/ur_dense
 
-Expected: see the table measured below (seed 0); results.json in the workdir.
+Expected (seed 0, measured on 2 CPU cores; results.json in the workdir): semantic mIoU and
+pixel accuracy %, depth absolute and relative error, normal angle mean and median (degrees)
+and % of pixels within 11.25 / 22.5 / 30 degrees, Delta_MTL % against STL:
 
-                 semantic        depth             normal                          Delta_MTL
-                 mIoU  PixAcc    AbsErr  RelErr    Mean  Median <11.25 <22.5  <30   vs STL
-    STL          34.37  70.23    0.8575  0.2084    23.56  15.31  39.39  63.97  72.27      -
-    uniform      32.84  70.09    0.8377  0.2078    25.19  16.29  35.69  62.53  70.22  -3.02
-    URL          36.68  71.27    0.9338  0.2092    24.12  15.35  39.02  64.69  72.27  -1.52
+    stage              mIoU  PixAcc  AbsErr  RelErr   Mean  Median  <11.25  <22.5    <30  Delta_MTL
+    STL (3 networks)  34.37   70.23  0.8575  0.2084  23.56   15.32   39.39  63.97  72.27          0
+    uniform MTL       32.84   70.09  0.8377  0.2078  25.19   16.29   35.69  62.53  70.22      -3.02
+    URL               36.68   71.27  0.9338  0.2092  24.12   15.35   39.02  64.69  72.27      -1.52
 
 (STL: three single-task networks; uniform and URL: one network.) URL beats the uniform
 multi-task baseline on segmentation and normals but not on depth, and halves its gap to the
