@@ -2,10 +2,11 @@
 exits with status 1 when a table differs from what the file shows.
 
     python tools/results_tables.py                          # every group: about 45 min, 2 cores
-    python tools/results_tables.py --groups main,dense      # some groups (CI's slow tests: main,
-                                                            # seeds, dense, one test each)
-    python tools/results_tables.py --workdir runs/tables    # keep the runs (a finished one is
-                                                            # reused, an interrupted one resumes)
+    python tools/results_tables.py --groups main,dense      # some groups (CI's two slow tests:
+                                                            # main + seeds, and dense)
+    python tools/results_tables.py --workdir runs/tables    # keep the runs (a finished one of
+                                                            # the same config is reused, an
+                                                            # interrupted one resumes)
     python tools/results_tables.py --update                 # write the regenerated tables
 
 Groups, the runs each makes and the tables they give:
@@ -23,7 +24,9 @@ Groups, the runs each makes and the tables they give:
 
 Every run is ``python -m ur_jax.main`` in a subprocess on one CPU device
 (``JAX_PLATFORMS=cpu``; a fake device count in ``XLA_FLAGS`` is removed), as the tables were
-measured; the runs share one prepared-data directory (``<workdir>/data``). The numbers are
+measured; the runs share one prepared-data directory (``<workdir>/data``). In a kept
+``--workdir``, a finished run is reused only when its ``config.json`` is the config the group
+asks for and it ran on one CPU device; reuse assumes the code has not changed since. The numbers are
 bitwise reproducible on one machine; another CPU may change some of them, in which case
 ``--update`` writes what this machine gives (say so in the commit).
 
@@ -31,14 +34,15 @@ A table is found in its file by the text its first line starts with, and spans t
 the next blank one; it must equal the rendering of the runs' ``results.json`` line for line.
 Not covered, on purpose: speed (``benchmarks/README.md``, README's method-cost table, wall
 times: noisy measurements that ``benchmarks/`` regenerates) and the paper's numbers the
-configs quote (references, not runs of this code).
+configs quote (references, not runs of this code). Numbers quoted in prose (README's and
+``default.py``'s comparisons of MDL and URL) are derived from these tables: read them again
+when a table changes.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import decimal
 import difflib
 import json
 import os
@@ -53,28 +57,31 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # ur_jax from this checkout, installed or not
+    sys.path.insert(0, str(ROOT))
 
-TRAIN_DOMAINS = ("digits", "shapes", "textures", "glyphs")
-FEWSHOT_DOMAINS = {"glyphs_novel": "seen domain", "symbols": "unseen domain"}
-FEWSHOT_ROWS = (("mdl", "ncc"), ("mdl", "pa"), ("url", "ncc"), ("url", "pa"))
+from ur_jax.config import load_config  # noqa: E402
+from ur_jax.run.tables import TABLE_DIGITS, TABLE_METRICS, format_number  # noqa: E402
+from ur_jax.run.workdir import config_differences  # noqa: E402
+
+TUNE_DOMAINS = ("digits", "shapes", "textures", "glyphs")  # default.py's, for the teachers' paths
+#: A few-shot set's relation to the training domains, shown in README's header.
+FEWSHOT_KIND = {"glyphs_novel": "seen domain", "symbols": "unseen domain"}
 SEEDS = (0, 1, 2)
-TUNE_RATES = ("0.005", "0.01", "0.02", "0.04")
+TUNE_RATES = (0.005, 0.01, 0.02, 0.04)
 
 Results = Mapping[str, Mapping[str, Any]]  # run name -> its results.json
 
 
 def fmt(value: float, digits: int = 1) -> str:
-    """``value`` to ``digits`` decimals, halves rounded up (away from zero), as tables are read:
-    a mean accuracy of 86.05 (stored as 86.05000000000001 or 95.04999999999998, depending on
-    the order of the sums) always shows as 86.1."""
-    exact = decimal.Decimal(f"{value:.9f}")  # drop the float noise of the sums first
-    step = decimal.Decimal(1).scaleb(-digits)
-    return str(exact.quantize(step, rounding=decimal.ROUND_HALF_UP))
+    """``value`` to ``digits`` decimals, halves rounded up, as the runs print it
+    (:func:`ur_jax.run.tables.format_number`)."""
+    return format_number(value, digits)
 
 
 class TableError(RuntimeError):
-    """A table that cannot be located in its file, or a run that failed or gave results
-    without the numbers a table needs."""
+    """A table that cannot be located in its file, or a run that failed, was made with another
+    config, or gave results without the numbers a table needs."""
 
 
 # ----------------------------------------------------------------------------- runs
@@ -82,23 +89,36 @@ class TableError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One ``python -m ur_jax.main`` run: ``config`` (``configs/X.py[:arg]``) and ``flags``
-    (``--config.*`` overrides; ``{workdir}`` is the tables' workdir, so a run can load another
-    run's models), in ``<workdir>/<name>``."""
+    """One ``python -m ur_jax.main`` run of ``config`` (``configs/X.py[:arg]``) with
+    ``overrides`` (``{dotted key: value}``, given as ``--config.<key>=<value>``; in a string,
+    ``{workdir}`` is the tables' workdir, so a run can load another run's models), in
+    ``<workdir>/<name>``."""
     name: str
     config: str
-    flags: tuple[str, ...] = ()
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    def values(self, workdir: pathlib.Path) -> dict[str, Any]:
+        """The overrides with ``{workdir}`` filled in, and the shared ``data_dir``."""
+        out = {"data_dir": str(workdir / "data")}
+        for key, value in self.overrides:
+            out[key] = value.format(workdir=workdir) if isinstance(value, str) else value
+        return out
+
+    def flags(self, workdir: pathlib.Path) -> list[str]:
+        """The overrides as ``--config.<key>=<value>`` flags (tuples comma-separated)."""
+        return [f"--config.{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
+                for k, v in self.values(workdir).items()]
 
 
 def _tune_runs() -> tuple[Run, ...]:
-    teachers = tuple(f"--config.teachers.checkpoints.{d}={{workdir}}/tune_teachers/teachers/{d}/"
-                     "model" for d in TRAIN_DOMAINS)
-    runs = [Run("tune_teachers", "configs/default.py:tune", ("--config.stages=teachers",))]
+    teachers = tuple((f"teachers.checkpoints.{d}", f"{{workdir}}/tune_teachers/teachers/{d}/model")
+                     for d in TUNE_DOMAINS)
+    runs = [Run("tune_teachers", "configs/default.py:tune", (("stages", ("teachers",)),))]
     for lr in TUNE_RATES:
         for seed in SEEDS:
             runs.append(Run(f"tune_s{seed}_lr{lr}", "configs/default.py:tune",
-                            (f"--config.seed={seed}", f"--config.mdl.learning_rate={lr}",
-                             f"--config.url.learning_rate={lr}") + teachers))
+                            (("seed", seed), ("mdl.learning_rate", lr),
+                             ("url.learning_rate", lr)) + teachers))
     return tuple(runs)
 
 
@@ -106,8 +126,8 @@ def _tune_runs() -> tuple[Run, ...]:
 GROUPS: dict[str, tuple[Run, ...]] = {
     "main": (Run("default", "configs/default.py"),),
     "seeds": (Run("default", "configs/default.py"),
-              Run("default_seed1", "configs/default.py", ("--config.seed=1",)),
-              Run("default_seed2", "configs/default.py", ("--config.seed=2",))),
+              Run("default_seed1", "configs/default.py", (("seed", 1),)),
+              Run("default_seed2", "configs/default.py", (("seed", 2),))),
     "tune": _tune_runs(),
     "dense": (Run("dense_default", "configs/dense_default.py"),),
 }
@@ -115,36 +135,56 @@ GROUPS: dict[str, tuple[Run, ...]] = {
 
 def run_environment() -> dict[str, str]:
     """The subprocesses' environment: this one on one CPU device (``JAX_PLATFORMS=cpu``, no
-    ``--xla_force_host_platform_device_count`` in ``XLA_FLAGS``)."""
+    ``--xla_force_host_platform_device_count`` in ``XLA_FLAGS``, no ``JAX_NUM_CPU_DEVICES``)."""
     env = dict(os.environ)
     flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", ""))
     env["XLA_FLAGS"] = " ".join(flags.split())
     if not env["XLA_FLAGS"]:
         del env["XLA_FLAGS"]
+    env.pop("JAX_NUM_CPU_DEVICES", None)
     env["JAX_PLATFORMS"] = "cpu"
     return env
 
 
+def _check_reusable(run: Run, out: pathlib.Path, workdir: pathlib.Path) -> None:
+    """Refuses a finished run in ``out`` made with another config than ``run``'s, or on
+    more than one device."""
+    config = load_config(str(ROOT / run.config), **run.values(workdir))
+    differences = config_differences(json.loads((out / "config.json").read_text()), config)
+    if differences:
+        raise TableError(f"{out} holds a run of another config than {run.config} with "
+                         f"{dict(run.values(workdir))}: " + "; ".join(differences[:5])
+                         + ". Delete it (or use another --workdir).")
+    timing = json.loads((out / "timing.json").read_text())
+    if (timing.get("devices"), timing.get("backend")) != (1, "cpu"):
+        raise TableError(f"{out} was run on {timing.get('devices')} {timing.get('backend')} "
+                         "device(s); the tables are measured on one CPU device. Delete it.")
+
+
 def execute(run: Run, workdir: pathlib.Path, log: Callable[[str], None] = print
             ) -> dict[str, Any]:
-    """Runs ``run`` in ``workdir/<run.name>`` (unless its ``results.json`` exists there) and
-    returns that ``results.json``; its output goes to ``workdir/<run.name>.log``.
+    """Runs ``run`` in ``workdir/<run.name>`` and returns its ``results.json``; its output
+    goes to ``workdir/<run.name>.log``. A finished run found there (its ``results.json``
+    written) is reused when it was made with the same config on one CPU device: reuse
+    assumes the code has not changed since.
 
     Raises:
-      TableError: the run exits with an error (the log's last lines are in the message).
+      TableError: the run exits with an error (the log's last lines are in the message), or a
+        finished run there was made with another config or on other devices.
     """
     out = workdir / run.name
     results = out / "results.json"
     if results.exists():
+        _check_reusable(run, out, workdir)
         log(f"[tables] {run.name}: reusing {results}")
         return json.loads(results.read_text())
+    flags = run.flags(workdir)
     command = [sys.executable, "-m", "ur_jax.main", "--config", str(ROOT / run.config),
-               "--workdir", str(out), f"--config.data_dir={workdir / 'data'}"]
-    command += [f.format(workdir=workdir) for f in run.flags]
-    log(f"[tables] {run.name}: {run.config} {' '.join(command[8:])}".rstrip())
+               "--workdir", str(out), *flags]
+    log(f"[tables] {run.name}: {run.config} {' '.join(flags[1:])}".rstrip())
     start = time.monotonic()
     logfile = workdir / f"{run.name}.log"
-    with open(logfile, "w") as f:
+    with open(logfile, "a") as f:  # an interrupted attempt's log stays above
         code = subprocess.call(command, cwd=ROOT, env=run_environment(), stdout=f,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     if code != 0 or not results.exists():
@@ -177,13 +217,11 @@ def _fewshot(results: Results, run: str, model: str, method: str, domain: str) -
     return _get(results, run, "fewshot", model, method, domain)
 
 
-def _columns(header: Sequence[str], rows: Sequence[Sequence[str]], indent: int = 4,
-             first: int = 0) -> list[str]:
-    """Plain-text columns: the first left-aligned (at least ``first`` wide), the others
-    right-aligned, two spaces apart."""
+def _columns(header: Sequence[str], rows: Sequence[Sequence[str]], indent: int = 4) -> list[str]:
+    """Plain-text columns: the first left-aligned, the others right-aligned, two spaces
+    apart."""
     cells = [list(header)] + [list(r) for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    widths[0] = max(widths[0], first)
     lines = []
     for r in cells:
         parts = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
@@ -197,17 +235,42 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]
     return [line(header), "|" + "---|" * len(header)] + [line(r) for r in rows]
 
 
-_STAGES = (("teachers", "teachers (4 networks)"), ("mdl", "MDL (1 network)"),
-           ("url", "URL (1 network)"))
+# What a table shows is read from the run's own config and results (domains, stages, few-shot
+# sets, models and methods), so a config that gains a domain or a method changes the table.
+
+def _domains(results: Results, run: str = "default") -> list[str]:
+    return list(_get(results, run, "config", "domains"))
+
+
+def _stages(results: Results, run: str = "default") -> list[str]:
+    """The stages with per-domain results (teachers, students), in the config's order."""
+    return [s for s in _get(results, run, "config", "stages") if s != "fewshot"]
+
+
+def _stage_label(results: Results, stage: str) -> str:
+    if stage == "teachers":
+        return f"teachers ({len(_domains(results))} networks)"
+    return f"{stage.upper()} (1 network)"
+
+
+def _fewshot_sets(results: Results, run: str = "default") -> list[str]:
+    return list(_get(results, run, "config", "fewshot", "domains"))
+
+
+def _fewshot_rows(results: Results, run: str = "default") -> list[tuple[str, str]]:
+    """``(model, method)`` of every few-shot result, in the results' order."""
+    return [(model, method) for model, per_method in _get(results, run, "fewshot").items()
+            if model != "protocol" for method in per_method]
 
 
 def main_accuracy_markdown(results: Results) -> list[str]:
     """README: per-domain test accuracy of the main job's teachers, MDL and URL."""
-    rows = []
-    for stage, label in _STAGES:
-        cells = [fmt(_accuracy(results, 'default', stage, d)) for d in TRAIN_DOMAINS]
-        rows.append([label, *cells, f"**{fmt(_accuracy(results, 'default', stage, 'mean'))}**"])
-    return _markdown(["test accuracy (%)", *TRAIN_DOMAINS, "**mean**"], rows)
+    domains, rows = _domains(results), []
+    for stage in _stages(results):
+        cells = [fmt(_accuracy(results, "default", stage, d)) for d in domains]
+        rows.append([_stage_label(results, stage), *cells,
+                     f"**{fmt(_accuracy(results, 'default', stage, 'mean'))}**"])
+    return _markdown(["test accuracy (%)", *domains, "**mean**"], rows)
 
 
 def _episodes(results: Results, run: str = "default") -> int:
@@ -216,12 +279,13 @@ def _episodes(results: Results, run: str = "default") -> int:
 
 def main_fewshot_markdown(results: Results) -> list[str]:
     """README: the main job's few-shot accuracy, +- 95% CI, per held-out set and their mean."""
+    sets = _fewshot_sets(results)
     header = [f"5-way 5-shot (%, ± 95% CI, {_episodes(results)} episodes)"]
-    header += [f"{d} ({kind})" for d, kind in FEWSHOT_DOMAINS.items()] + ["mean"]
+    header += [f"{d} ({FEWSHOT_KIND[d]})" if d in FEWSHOT_KIND else d for d in sets] + ["mean"]
     rows = []
-    for model, method in FEWSHOT_ROWS:
+    for model, method in _fewshot_rows(results):
         cells = [f"{fmt(r['accuracy'])} ± {fmt(r['ci95'])}" for r in
-                 (_fewshot(results, "default", model, method, d) for d in FEWSHOT_DOMAINS)]
+                 (_fewshot(results, "default", model, method, d) for d in sets)]
         mean = _fewshot(results, "default", model, method, "mean")["accuracy"]
         rows.append([f"{model.upper()} + {method.upper()}", *cells, fmt(mean)])
     return _markdown(header, rows)
@@ -229,20 +293,20 @@ def main_fewshot_markdown(results: Results) -> list[str]:
 
 def main_accuracy_text(results: Results) -> list[str]:
     """default.py's docstring: the main job's per-domain test accuracy."""
-    rows = [[stage, *(fmt(_accuracy(results, 'default', stage, d))
-                      for d in (*TRAIN_DOMAINS, "mean"))] for stage, _ in _STAGES]
-    return _columns(["test accuracy %", *TRAIN_DOMAINS, "mean"], rows)
+    columns = [*_domains(results), "mean"]
+    rows = [[stage, *(fmt(_accuracy(results, "default", stage, d)) for d in columns)]
+            for stage in _stages(results)]
+    return _columns(["test accuracy %", *columns], rows)
 
 
 def main_fewshot_text(results: Results) -> list[str]:
     """default.py's docstring: the main job's few-shot accuracy +- 95% CI."""
-    rows = []
-    for model, method in FEWSHOT_ROWS:
+    sets, rows = _fewshot_sets(results), []
+    for model, method in _fewshot_rows(results):
         cells = [f"{fmt(r['accuracy'])} +- {fmt(r['ci95'])}" for r in
-                 (_fewshot(results, "default", model, method, d) for d in FEWSHOT_DOMAINS)]
+                 (_fewshot(results, "default", model, method, d) for d in sets)]
         rows.append([f"{model} {method}", *cells])
-    return _columns([f"5-way 5-shot % ({_episodes(results)} episodes, +- 95% CI)",
-                     *FEWSHOT_DOMAINS], rows)
+    return _columns([f"5-way 5-shot % ({_episodes(results)} episodes, +- 95% CI)", *sets], rows)
 
 
 def _mean_sd(values: Sequence[float]) -> str:
@@ -252,16 +316,16 @@ def _mean_sd(values: Sequence[float]) -> str:
 
 def seeds_text(results: Results) -> list[str]:
     """default.py's docstring: the whole main job at seeds 0, 1, 2 (teachers retrained per
-    seed); few-shot rows are the mean over the two held-out sets."""
+    seed); few-shot rows are the mean over the held-out sets."""
     runs = ("default", "default_seed1", "default_seed2")
     for seed, run in zip(SEEDS, runs):
         if _get(results, run, "config", "seed") != seed:
             raise TableError(f"the run {run!r} was not made with seed {seed}")
     rows = []
-    for stage, _ in _STAGES:
+    for stage in _stages(results):
         values = [_accuracy(results, r, stage, "mean") for r in runs]
         rows.append([stage, *(fmt(v) for v in values), _mean_sd(values)])
-    for model, method in FEWSHOT_ROWS:
+    for model, method in _fewshot_rows(results):
         values = [_fewshot(results, r, model, method, "mean")["accuracy"] for r in runs]
         rows.append([f"few-shot {model} {method}", *(fmt(v) for v in values),
                      _mean_sd(values)])
@@ -271,40 +335,47 @@ def seeds_text(results: Results) -> list[str]:
 def tune_text(results: Results) -> list[str]:
     """default.py's docstring: the students' mean validation accuracy per learning rate and
     seed (``default.py:tune``, the seed-0 teachers of that split)."""
-    rows = []
+    first = f"tune_s{SEEDS[0]}_lr{TUNE_RATES[0]}"
+    students = [s for s in _stages(results, first) if s != "teachers"]
     for lr in TUNE_RATES:
-        row = [lr]
-        for stage in ("mdl", "url"):
-            runs = [f"tune_s{s}_lr{lr}" for s in SEEDS]
-            for r in runs:
-                if _get(results, r, "evaluated_on") != "val":
-                    raise TableError(f"the run {r!r} was not evaluated on validation")
-            values = [_accuracy(results, r, stage, "mean") for r in runs]
+        for s in SEEDS:
+            if _get(results, f"tune_s{s}_lr{lr}", "evaluated_on") != "val":
+                raise TableError(f"the run 'tune_s{s}_lr{lr}' was not evaluated on validation")
+    seeds = "/".join(str(s) for s in SEEDS)
+    header, rows = ["student lr"], []
+    for stage in students:
+        header += [f"{stage} (seeds {seeds})", "mean +- sd"]
+    for lr in TUNE_RATES:
+        row = [str(lr)]
+        for stage in students:
+            values = [_accuracy(results, f"tune_s{s}_lr{lr}", stage, "mean") for s in SEEDS]
             row += [" / ".join(fmt(v) for v in values), _mean_sd(values)]
         rows.append(row)
-    seeds = "/".join(str(s) for s in SEEDS)
-    return _columns(["student lr", f"mdl (seeds {seeds})", "mean +- sd", f"url (seeds {seeds})",
-                     "mean +- sd"], rows)
+    return _columns(header, rows)
 
 
-_DENSE_METRICS = (("semantic", "miou", 2), ("semantic", "pixel_acc", 2),
-                  ("depth", "abs_err", 4), ("depth", "rel_err", 4),
-                  ("normal", "angle_mean", 2), ("normal", "angle_median", 2),
-                  ("normal", "within_11_25", 2), ("normal", "within_22_5", 2),
-                  ("normal", "within_30", 2))
+def _dense_columns(results: Results) -> list[tuple[str, str, str]]:
+    """``(task, metric key, label)`` of the run's tasks, as the run prints them
+    (:data:`ur_jax.run.tables.TABLE_METRICS`)."""
+    return [(t, key, label) for t in _get(results, "dense_default", "config", "tasks")
+            for key, label in TABLE_METRICS[t]]
 
 
 def _dense_rows(results: Results, bold_url: bool) -> list[list[str]]:
-    method = _get(results, "dense_default", "mtl", "method")
     rows = []
-    for stage, label in (("stl", "STL (3 networks)"), ("mtl", f"{method} MTL"),
-                         ("url", "URL")):
-        cells = [fmt(_get(results, 'dense_default', stage, task, key), digits)
-                 for task, key, digits in _DENSE_METRICS]
+    for stage in _stages(results, "dense_default"):
+        if stage == "stl":
+            label = f"STL ({len(_get(results, 'dense_default', 'config', 'tasks'))} networks)"
+        elif stage == "mtl":
+            label = f"{_get(results, 'dense_default', 'mtl', 'method')} MTL"
+        else:
+            label = stage.upper()
+        cells = [fmt(_get(results, "dense_default", stage, t, key), TABLE_DIGITS[t])
+                 for t, key, _ in _dense_columns(results)]
         if stage == "stl":
             delta = "0"
         else:
-            delta = fmt(_get(results, 'dense_default', stage, 'delta_mtl', 'stl'), 2)
+            delta = fmt(_get(results, "dense_default", stage, "delta_mtl", "stl"), 2)
             if stage == "url" and bold_url:
                 delta = f"**{delta}**"
         rows.append([label, *cells, delta])
@@ -312,16 +383,19 @@ def _dense_rows(results: Results, bold_url: bool) -> list[list[str]]:
 
 
 def dense_markdown(results: Results) -> list[str]:
-    """README: the dense default's NYU-style table."""
-    return _markdown(["", "mIoU", "PixAcc", "depth AbsErr", "RelErr", "normal Mean", "Median",
-                      "<11.25", "<22.5", "<30", "Delta_MTL vs STL"],
-                     _dense_rows(results, bold_url=True))
+    """README: the dense default's NYU-style table (the first metric of depth and normal
+    named with its task)."""
+    header, seen = [""], set()
+    for task, _, label in _dense_columns(results):
+        header.append(f"{task} {label}" if task != "semantic" and task not in seen else label)
+        seen.add(task)
+    return _markdown([*header, "Delta_MTL vs STL"], _dense_rows(results, bold_url=True))
 
 
 def dense_text(results: Results) -> list[str]:
     """dense_default.py's docstring: the same table as plain text."""
-    return _columns(["stage", "mIoU", "PixAcc", "AbsErr", "RelErr", "Mean", "Median", "<11.25",
-                     "<22.5", "<30", "Delta_MTL"], _dense_rows(results, bold_url=False))
+    return _columns(["stage", *(label for _, _, label in _dense_columns(results)), "Delta_MTL"],
+                    _dense_rows(results, bold_url=False))
 
 
 # ----------------------------------------------------------------------------- tables
@@ -384,18 +458,26 @@ class Difference:
 def compare(tables: Sequence[Table], results: Results, root: pathlib.Path = ROOT,
             update: bool = False) -> list[Difference]:
     """The tables whose file differs from their rendering of ``results``; with ``update``,
-    those tables are rewritten in their files."""
+    those tables are rewritten in their files (only once every table is located and
+    rendered, so a failure leaves every file as it was).
+
+    Raises:
+      TableError: a table that cannot be located, or results without a number it needs.
+    """
     differences = []
     for table in tables:
-        path = root / table.path
-        lines = path.read_text().split("\n")
+        lines = (root / table.path).read_text().split("\n")
         start, end = locate(lines, table)
         regenerated = table.render(results)
         if lines[start:end] != regenerated:
             differences.append(Difference(table, lines[start:end], regenerated))
-            if update:
-                lines[start:end] = regenerated
-                path.write_text("\n".join(lines))
+    if update:
+        for d in differences:
+            path = root / d.table.path
+            lines = path.read_text().split("\n")
+            start, end = locate(lines, d.table)
+            lines[start:end] = d.regenerated
+            path.write_text("\n".join(lines))
     return differences
 
 
@@ -408,8 +490,9 @@ def check(groups: Sequence[str], workdir: pathlib.Path, update: bool = False,
       TableError: an unknown group, a run that fails, a table that cannot be located.
     """
     unknown = sorted(set(groups) - set(GROUPS))
-    if unknown:
-        raise TableError(f"unknown groups {unknown}; expected some of {sorted(GROUPS)}")
+    if unknown or not groups:
+        raise TableError(f"unknown groups {unknown or list(groups)}; expected some of "
+                         f"{sorted(GROUPS)}")
     workdir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, Any]] = {}
     for group in groups:
@@ -430,13 +513,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="write the regenerated tables into their files")
     args = p.parse_args(argv)
     groups = [g for g in args.groups.split(",") if g]
-    with tempfile.TemporaryDirectory(prefix="ur_jax_tables_") as tmp:
-        workdir = pathlib.Path(args.workdir or tmp).resolve()
-        try:
-            differences = check(groups, workdir, update=args.update)
-        except TableError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+    try:
+        if args.workdir:
+            differences = check(groups, pathlib.Path(args.workdir).resolve(), args.update)
+        else:
+            with tempfile.TemporaryDirectory(prefix="ur_jax_tables_") as tmp:
+                differences = check(groups, pathlib.Path(tmp), args.update)
+    except TableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for d in differences:
         print(d.diff())
     checked = [t for t in TABLES if t.group in groups]

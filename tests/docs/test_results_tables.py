@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import pathlib
 import sys
 
@@ -27,15 +28,19 @@ def _tables():
 rt = _tables()
 
 
+DOMAINS = ("digits", "shapes", "textures", "glyphs")
+ROWS = (("mdl", "ncc"), ("mdl", "pa"), ("url", "ncc"), ("url", "pa"))
+
+
 def _stage(values):
-    out = {d: {"accuracy": v, "examples": 500} for d, v in zip(rt.TRAIN_DOMAINS, values)}
+    out = {d: {"accuracy": v, "examples": 500} for d, v in zip(DOMAINS, values)}
     out["mean"] = {"accuracy": sum(values) / len(values)}
     return out
 
 
 def _fewshot(base):
-    out = {}
-    for i, (model, method) in enumerate(rt.FEWSHOT_ROWS):
+    out = {"protocol": {"ways": 5, "shots": 5, "episodes": 600}}
+    for i, (model, method) in enumerate(ROWS):
         a, b = base + i, base + i + 0.25
         out.setdefault(model, {})[method] = {
             "glyphs_novel": {"accuracy": a, "ci95": 0.66}, "symbols": {"accuracy": b, "ci95": 0.74},
@@ -44,7 +49,10 @@ def _fewshot(base):
 
 
 def _main_run(seed, shift=0.0):
-    return {"config": {"seed": seed, "fewshot": {"episodes": 600}}, "evaluated_on": "test",
+    config = {"seed": seed, "domains": list(DOMAINS),
+              "stages": ["teachers", "mdl", "url", "fewshot"],
+              "fewshot": {"episodes": 600, "domains": ["glyphs_novel", "symbols"]}}
+    return {"config": config, "evaluated_on": "test",
             "teachers": _stage([83.6 + shift, 88.2, 89.6, 26.2]),
             "mdl": _stage([84.0, 81.6, 89.4, 90.6 + shift]),
             "url": _stage([90.6, 95.4, 95.2, 94.8]), "fewshot": _fewshot(70.0 + seed)}
@@ -156,12 +164,59 @@ def test_runs_use_one_cpu_device(monkeypatch):
 
 
 def test_a_failing_run_reports_its_log_and_unknown_groups_are_refused(tmp_path):
-    bad = rt.Run("bad", "configs/default.py:smoke", ("--config.no_such_key=1",))
+    bad = rt.Run("bad", "configs/default.py:smoke", (("no_such_key", 1),))
     with pytest.raises(rt.TableError, match=r"bad \(configs/default.py:smoke\) failed"):
         rt.execute(bad, tmp_path, log=lambda _: None)
     assert "no_such_key" in (tmp_path / "bad.log").read_text()
     with pytest.raises(rt.TableError, match="unknown groups"):
         rt.check(["main", "speed"], tmp_path)
+    with pytest.raises(rt.TableError, match="unknown groups"):
+        rt.check([], tmp_path)
+
+
+def test_flags_and_overrides_say_the_same():
+    run = next(r for r in rt.GROUPS["tune"] if r.name == "tune_s1_lr0.02")
+    flags = run.flags(pathlib.Path("/w"))
+    assert flags[:4] == ["--config.data_dir=/w/data", "--config.seed=1",
+                         "--config.mdl.learning_rate=0.02", "--config.url.learning_rate=0.02"]
+    assert "--config.teachers.checkpoints.glyphs=/w/tune_teachers/teachers/glyphs/model" in flags
+    assert rt.GROUPS["tune"][0].flags(pathlib.Path("/w"))[1] == "--config.stages=teachers"
+
+
+def _finished(run, workdir, devices=1, **changes):
+    """A finished run of ``run`` in ``workdir`` as ur_jax.main leaves it (config.json,
+    timing.json, results.json), its config changed by ``changes``."""
+    config = rt.load_config(str(ROOT / run.config), **run.values(workdir), **changes)
+    out = workdir / run.name
+    out.mkdir(parents=True)
+    (out / "config.json").write_text(config.to_json_best_effort())
+    (out / "timing.json").write_text(json.dumps({"devices": devices, "backend": "cpu"}))
+    (out / "results.json").write_text(json.dumps({"config": json.loads(
+        config.to_json_best_effort()), "mdl": {"mean": {"accuracy": 50.0}}}))
+
+
+def test_a_finished_run_is_reused_only_with_its_config_on_one_device(tmp_path):
+    run = rt.GROUPS["seeds"][1]  # default.py at seed 1
+    _finished(run, tmp_path / "same")
+    got = rt.execute(run, tmp_path / "same", log=lambda _: None)  # no subprocess: reused
+    assert got["mdl"]["mean"]["accuracy"] == 50.0 and got["config"]["seed"] == 1
+    _finished(run, tmp_path / "other", **{"mdl.steps": 5})
+    with pytest.raises(rt.TableError, match=r"another config.*mdl.steps: 5 -> 700"):
+        rt.execute(run, tmp_path / "other", log=lambda _: None)
+    _finished(run, tmp_path / "eight", devices=8)
+    with pytest.raises(rt.TableError, match="8 cpu device"):
+        rt.execute(run, tmp_path / "eight", log=lambda _: None)
+
+
+def test_a_config_with_another_domain_changes_the_table():
+    run = _main_run(0)
+    run["config"]["domains"].append("symbols")
+    for stage in ("teachers", "mdl", "url"):
+        run[stage]["symbols"] = {"accuracy": 10.0}
+    header = rt.main_accuracy_markdown({"default": run})[0]
+    assert header == ("| test accuracy (%) | digits | shapes | textures | glyphs | symbols | "
+                      "**mean** |")
+    assert rt.main_accuracy_markdown({"default": run})[2].startswith("| teachers (5 networks) |")
 
 
 @pytest.mark.slow

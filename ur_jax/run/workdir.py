@@ -81,6 +81,16 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix}: {a!r} -> {b!r}"]
 
 
+def config_differences(recorded: Mapping[str, Any], config: ml_collections.ConfigDict
+                       ) -> list[str]:
+    """The keys where ``config`` differs from a workdir's ``recorded`` ``config.json``, as
+    ``'key: recorded -> current'`` lines; keys in :data:`RESUMABLE_KEYS` may differ, and a
+    declared key the recorded config lacks matches its default (:func:`with_declared_defaults`).
+    Empty: ``config`` resumes that run."""
+    previous = with_declared_defaults(recorded, config)
+    return _diff(_comparable(previous), _comparable(json.loads(config.to_json_best_effort())))
+
+
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, overwrite: bool = False,
                     primary: bool = True) -> str:
     """Creates ``workdir`` (checking it is writable), records ``config`` in it and returns
@@ -105,8 +115,7 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, overwrite: 
     current = json.loads(config.to_json_best_effort())
     if os.path.exists(path):
         with open(path) as f:
-            previous = with_declared_defaults(json.load(f), config)
-        diffs = _diff(_comparable(previous), _comparable(current))
+            diffs = config_differences(json.load(f), config)
         if diffs and not overwrite:
             raise WorkdirError(
                 f"The workdir {workdir!r} holds a run of a different config:\n  "
